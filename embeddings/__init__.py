@@ -1,0 +1,20 @@
+"""Models and vectors: loading an embedding model offline, encoding, and the FAISS index."""
+
+from embeddings.encoder import (
+    DEFAULT_MODEL,
+    Encoder,
+    ModelNotAvailableError,
+    Vectors,
+    load_encoder,
+)
+from embeddings.index import IndexFormatError, VectorIndex
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Encoder",
+    "IndexFormatError",
+    "ModelNotAvailableError",
+    "VectorIndex",
+    "Vectors",
+    "load_encoder",
+]

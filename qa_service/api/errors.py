@@ -1,0 +1,52 @@
+"""Domain errors to HTTP statuses, in one place. Bodies are `{"detail": str}`, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from qa_service.errors import (
+    DocumentNotFoundError,
+    IndexCorruptError,
+    IndexNotFoundError,
+    IndexStaleError,
+    QAError,
+    ServiceNotReadyError,
+)
+
+logger = logging.getLogger(__name__)
+
+STATUS_FOR: dict[type[QAError], int] = {
+    DocumentNotFoundError: 404,
+    ServiceNotReadyError: 503,
+    IndexNotFoundError: 503,
+    IndexCorruptError: 503,
+    IndexStaleError: 503,
+}
+RETRY_AFTER_SECONDS = "5"
+
+
+def _status(exc: QAError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_FOR:
+            return STATUS_FOR[cls]
+    return 400
+
+
+async def _qa_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, QAError)
+    status = _status(exc)
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+    return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(QAError, _qa_error)
+    app.add_exception_handler(Exception, _unexpected)

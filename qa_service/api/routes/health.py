@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from qa_service.api.schemas import Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> Health:
+    """The process is alive (it may still be loading)."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", responses={503: {"model": Readiness}})
+def readyz(request: Request, response: Response) -> Readiness:
+    """Ready once the model and index are loaded; not ready again while shutting down."""
+    service = request.app.state.service
+    if service is None or request.app.state.shutting_down:
+        response.status_code = 503
+        return Readiness(ready=False)
+    return Readiness(
+        ready=True,
+        documents=len(service.index.documents),
+        passages=len(service.index.passages),
+        model=service.encoder.name,
+    )

@@ -1,0 +1,179 @@
+"""Request and response models: the JSON contract of the HTTP API (and of `qa ask --json`)."""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from qa_service.answering import Answer
+from qa_service.documents import Document
+
+MAX_QUESTION_CHARS = 2000
+MAX_TOP_K = 50
+
+
+class AskRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"question": "What is GRETA?", "top_k": 5}],
+        },
+    )
+
+    question: str = Field(
+        min_length=1,
+        max_length=MAX_QUESTION_CHARS,
+        description="A natural-language question.",
+    )
+    top_k: int | None = Field(
+        None, ge=1, le=MAX_TOP_K, description="Passages to return (default from settings: 5)."
+    )
+    min_score: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="Abstain when the best passage scores below this (default: calibrated).",
+    )
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("question must contain non-whitespace characters")
+        return value
+
+
+class Span(BaseModel):
+    start: int
+    end: int
+
+
+class AnswerSentence(BaseModel):
+    text: str = Field(description="The sentence that best answers, verbatim from a passage.")
+    passage_rank: int = Field(description="Rank of the passage that holds the sentence.")
+
+
+class PassageOut(BaseModel):
+    rank: int
+    score: float = Field(description="Cosine similarity of question and passage (-1..1).")
+    text: str
+    document_id: str
+    title: str | None
+    source: str | None
+    chunk_id: str
+    start: int = Field(description="Offset of the passage in the document's text.")
+    end: int = Field(description="`document.text[start:end] == text`.")
+    page: int | None = Field(description="1-based page for paged formats (PDF), else null.")
+    highlight: Span | None = Field(
+        description="Span inside `text` of the sentence that best answers the question."
+    )
+
+
+class AskResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "question": "What is GRETA?",
+                    "answerable": True,
+                    "answer": {
+                        "text": "Reports from the CoE’s Group of Experts on Action against "
+                        "Trafficking in Human Beings (GRETA) highlight that …",
+                        "passage_rank": 1,
+                    },
+                    "passages": [],
+                    "took_ms": 14.2,
+                }
+            ]
+        }
+    )
+
+    question: str
+    answerable: bool = Field(description="False when nothing relevant enough was found.")
+    answer: AnswerSentence | None
+    passages: list[PassageOut] = Field(
+        description="Best passages, best first; still returned when the service abstains."
+    )
+    took_ms: float
+
+    @classmethod
+    def from_answer(cls, answer: Answer, documents: dict[str, Document], took_ms: float) -> Self:
+        passages = []
+        for ranked in answer.passages:
+            p = ranked.hit.passage
+            document = documents[p.document_id]
+            highlight = ranked.highlight
+            passages.append(
+                PassageOut(
+                    rank=ranked.rank,
+                    score=round(ranked.hit.score, 6),
+                    text=p.text,
+                    document_id=p.document_id,
+                    title=document.title,
+                    source=document.source,
+                    chunk_id=p.id,
+                    start=p.start,
+                    end=p.end,
+                    page=p.page,
+                    highlight=Span(start=highlight.start, end=highlight.end) if highlight else None,
+                )
+            )
+        sentence = None
+        if answer.answer_rank is not None and answer.answer_text is not None:
+            sentence = AnswerSentence(text=answer.answer_text, passage_rank=answer.answer_rank)
+        return cls(
+            question=answer.question,
+            answerable=answer.answerable,
+            answer=sentence,
+            passages=passages,
+            took_ms=round(took_ms, 3),
+        )
+
+
+class DocumentSummary(BaseModel):
+    id: str
+    title: str | None
+    source: str | None
+    passages: int
+
+
+class DocumentList(BaseModel):
+    documents: list[DocumentSummary]
+
+
+class DocumentOut(BaseModel):
+    id: str
+    title: str | None
+    source: str | None
+    text: str = Field(description="The text that passage offsets point into.")
+    metadata: dict[str, Any]
+    page_starts: list[int] = Field(
+        description="Offset in `text` where each page starts (paged formats only)."
+    )
+
+    @classmethod
+    def from_document(cls, document: Document) -> Self:
+        return cls(
+            id=document.id,
+            title=document.title,
+            source=document.source,
+            text=document.text,
+            metadata=document.metadata,
+            page_starts=list(document.page_starts),
+        )
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    documents: int = 0
+    passages: int = 0
+    model: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    detail: str

@@ -1,0 +1,198 @@
+"""The `qa` command: build the index, serve the API, ask questions from the terminal."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+from tqdm import tqdm
+
+from embeddings import ModelNotAvailableError, load_encoder
+from qa_service.api.schemas import AskRequest, AskResponse
+from qa_service.config import Settings
+from qa_service.errors import QAError
+from qa_service.indexing import Progress, build_index
+from qa_service.service import QAService, make_splitter
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Semantic question answering over a document corpus, with exact citations.",
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+CorpusOpt = Annotated[
+    Path | None, typer.Option("--corpus-dir", help="Documents to index [env QA_CORPUS_DIR].")
+]
+IndexOpt = Annotated[
+    Path | None, typer.Option("--index-dir", help="Where the index lives [env QA_INDEX_DIR].")
+]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="Model name or local folder [env QA_MODEL].")
+]
+
+
+def _settings(**flags: Any) -> Settings:
+    """Flags override `QA_*` variables, which override `.env`."""
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        _fail(f"invalid setting: {exc}")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Errors a user can fix become one clear line instead of a traceback."""
+    try:
+        yield
+    except (QAError, ModelNotAvailableError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+
+
+class _Bars:
+    """Opens one tqdm bar per encoding stage; closes them all at the end."""
+
+    def __init__(self) -> None:
+        self._bars: list[tqdm[Any]] = []
+
+    def __call__(self, label: str, total: int) -> Progress:
+        bar = tqdm(total=total, desc=f"encoding {label}", unit=" texts", dynamic_ncols=True)
+        self._bars.append(bar)
+        update: Progress = bar.update
+        return update
+
+    def close(self) -> None:
+        for bar in self._bars:
+            bar.close()
+
+
+def _load_service(settings: Settings) -> QAService:
+    bars = _Bars()
+    try:
+        with _user_errors():
+            return QAService.from_settings(settings, progress=bars)
+    finally:
+        bars.close()
+
+
+@app.command()
+def index(corpus_dir: CorpusOpt = None, index_dir: IndexOpt = None, model: ModelOpt = None) -> None:
+    """Build (or rebuild) the index from a corpus folder."""
+    settings = _settings(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
+    bars = _Bars()
+    with _user_errors():
+        encoder = load_encoder(settings.model)
+        _, report = build_index(
+            settings.corpus_dir,
+            settings.index_dir,
+            encoder,
+            make_splitter(settings, encoder),
+            settings.batch_size,
+            progress=bars,
+        )
+    bars.close()
+    out.print(
+        f"Indexed [bold]{report.documents}[/] documents as [bold]{report.passages}[/] passages "
+        f"in {report.seconds:.1f}s into {escape(str(report.index_dir))}."
+    )
+    if report.skipped:
+        out.print(f"[yellow]Skipped {len(report.skipped)} file(s):[/]")
+        for skipped in report.skipped:
+            out.print(f"  {escape(str(skipped.path))}: {escape(skipped.reason)}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [env QA_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [env QA_PORT].")] = None,
+    corpus_dir: CorpusOpt = None,
+    index_dir: IndexOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Serve the HTTP API, building the index first if there is none."""
+    import uvicorn
+
+    from qa_service.api import create_app
+
+    settings = _settings(
+        host=host, port=port, corpus_dir=corpus_dir, index_dir=index_dir, model=model
+    )
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    service = _load_service(settings)
+    out.print(
+        f"Serving {len(service.index.documents)} documents on http://{settings.host}:{settings.port}"
+    )
+    uvicorn.run(create_app(settings, service), host=settings.host, port=settings.port)
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question to answer.")],
+    top_k: Annotated[int | None, typer.Option("--top-k", "-k", help="Passages to show.")] = None,
+    min_score: Annotated[
+        float | None, typer.Option(help="Abstain below this score (default: calibrated).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
+    corpus_dir: CorpusOpt = None,
+    index_dir: IndexOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Answer a question and print the passages with their citations."""
+    try:
+        request = AskRequest(question=question, top_k=top_k, min_score=min_score)
+    except ValidationError as exc:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    settings = _settings(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
+    service = _load_service(settings)
+    timed = service.ask(request.question, request.top_k, request.min_score)
+    response = AskResponse.from_answer(timed.answer, service.index.documents, timed.took_ms)
+    if as_json:
+        print(response.model_dump_json(indent=2))
+        return
+    _print_answer(response, service.min_score if min_score is None else min_score)
+
+
+def _print_answer(response: AskResponse, min_score: float) -> None:
+    if response.answer is not None:
+        out.print(
+            f"[bold]Answer[/] [{response.answer.passage_rank}]: {escape(response.answer.text)}\n"
+        )
+    elif response.passages:
+        best = response.passages[0].score
+        out.print(
+            f"[bold yellow]No passage is relevant enough to answer[/] (best score {best:.2f} "
+            f"< threshold {min_score:.2f}). The nearest passages:\n"
+        )
+    for p in response.passages:
+        page = f", page {p.page}" if p.page is not None else ""
+        out.print(
+            f"[bold][{p.rank}][/] score {p.score:.3f}  [cyan]{escape(p.title or p.document_id)}[/]"
+            f"\n    {escape(p.document_id)}, characters {p.start}–{p.end}{page}"
+        )
+        text = escape(p.text)
+        if p.highlight is not None:
+            h = p.highlight
+            text = (
+                f"{escape(p.text[: h.start])}[bold]{escape(p.text[h.start : h.end])}[/]"
+                f"{escape(p.text[h.end :])}"
+            )
+        out.print(f"    {text}\n")
+
+
+if __name__ == "__main__":
+    app()

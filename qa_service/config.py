@@ -1,0 +1,41 @@
+"""Settings from flags, `QA_*` environment variables or a `.env` file, in that precedence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from embeddings.encoder import DEFAULT_MODEL
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QA_", env_file=".env", extra="ignore")
+
+    corpus_dir: Path = Field(Path("corpus"), description="Folder of documents to index.")
+    index_dir: Path = Field(Path(".qa-index"), description="Folder that holds the built index.")
+    model: str = Field(
+        DEFAULT_MODEL, description="Embedding model: a known model name or a local model folder."
+    )
+    top_k: int = Field(5, ge=1, le=50, description="Passages returned when a request names none.")
+    host: str = Field("127.0.0.1", description="Address `qa serve` binds to.")
+    port: int = Field(8000, ge=1, le=65535)
+
+    # Passage splitting, in the model's word pieces; the model's own input limit caps the size.
+    passage_tokens: int = Field(128, ge=16, description="Target passage length in word pieces.")
+    passage_overlap: int = Field(
+        1, ge=0, le=5, description="Sentences repeated at the start of the next passage."
+    )
+    batch_size: int = Field(32, ge=1, le=1024, description="Texts encoded per model call.")
+
+    min_score: float | None = Field(
+        None,
+        description="Abstain when the best passage scores below this; None uses the model's "
+        "calibrated threshold.",
+    )
+    rebuild_stale_index: bool = Field(
+        True,
+        description="Rebuild at start-up when the index was built from another corpus, model "
+        "or passage settings; if false, refuse to start instead.",
+    )

@@ -1,0 +1,235 @@
+"""Files to documents: one loader per format, and a corpus reader that skips what it cannot read.
+
+A document's `text` is what every citation points into, so loaders normalise it once (newlines,
+visible HTML text, PDF text layer) and nothing downstream changes it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from bisect import bisect_right
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.json"
+
+
+class DocumentLoadError(ValueError):
+    """A file that cannot become a document; the message says why, for the user."""
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+    title: str | None = None
+    source: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    # Offset in `text` where each PDF page starts; empty for formats without pages.
+    page_starts: tuple[int, ...] = ()
+
+    def page_at(self, offset: int) -> int | None:
+        """1-based page holding character `offset`, or None for formats without pages."""
+        if not self.page_starts:
+            return None
+        return max(bisect_right(self.page_starts, offset), 1)
+
+
+@dataclass(frozen=True)
+class LoadedText:
+    text: str
+    title: str | None = None
+    page_starts: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class CorpusLoad:
+    documents: list[Document]
+    skipped: list[SkippedFile]
+
+
+def _decode(data: bytes) -> str:
+    if b"\x00" in data:
+        raise DocumentLoadError("binary content (NUL bytes), not text")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DocumentLoadError(f"not valid UTF-8 (byte {exc.start})") from exc
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def load_txt(data: bytes) -> LoadedText:
+    return LoadedText(_decode(data))
+
+
+_MD_HEADING = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.MULTILINE)
+
+
+def load_md(data: bytes) -> LoadedText:
+    text = _decode(data)
+    heading = _MD_HEADING.search(text)
+    return LoadedText(text, title=heading.group(1) if heading else None)
+
+
+# Elements whose content a reader never sees.
+_HIDDEN_TAGS = ("script", "style", "noscript", "template", "head", "svg", "iframe", "object")
+_BLOCK_TAGS = (
+    "p", "div", "section", "article", "header", "footer", "main", "aside", "nav", "li", "ul", "ol",
+    "table", "tr", "td", "th", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "br",
+    "hr", "dd", "dt", "figcaption", "caption",
+)  # fmt: skip
+
+
+def load_html(data: bytes) -> LoadedText:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(_decode(data), "html.parser")
+    title_tag = soup.find("title") or soup.find("h1")
+    title = title_tag.get_text(" ", strip=True) if title_tag else None
+    for tag in soup.find_all(_HIDDEN_TAGS):
+        tag.decompose()
+    for tag in soup.find_all(_BLOCK_TAGS):
+        tag.insert_before("\n")
+        tag.insert_after("\n")
+    lines = (" ".join(line.split()) for line in soup.get_text().split("\n"))
+    text = "\n\n".join(line for line in lines if line)
+    return LoadedText(text, title=title or None)
+
+
+def load_pdf(data: bytes) -> LoadedText:
+    import io
+
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        pages = [(page.extract_text() or "").replace("\r\n", "\n") for page in reader.pages]
+        title = reader.metadata.title if reader.metadata else None
+    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise DocumentLoadError(f"broken PDF: {exc}") from exc
+    parts: list[str] = []
+    starts: list[int] = []
+    offset = 0
+    for page in pages:
+        starts.append(offset)
+        parts.append(page)
+        offset += len(page) + 2  # the "\n\n" between pages
+    text = "\n\n".join(parts)
+    if not text.strip():
+        raise DocumentLoadError("PDF has no text layer (scanned images are not supported)")
+    return LoadedText(text, title=str(title) if title else None, page_starts=tuple(starts))
+
+
+LOADERS: dict[str, Callable[[bytes], LoadedText]] = {
+    ".txt": load_txt,
+    ".text": load_txt,
+    ".md": load_md,
+    ".markdown": load_md,
+    ".html": load_html,
+    ".htm": load_html,
+    ".pdf": load_pdf,
+}
+
+
+def load_document(
+    data: bytes,
+    suffix: str,
+    doc_id: str,
+    source: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Document:
+    """Bytes of a file in a supported format to a document, or DocumentLoadError saying why not."""
+    loader = LOADERS.get(suffix.lower())
+    if loader is None:
+        raise DocumentLoadError(
+            f"unsupported file type {suffix or '(none)'!r}; supported: {', '.join(LOADERS)}"
+        )
+    if not data:
+        raise DocumentLoadError("empty file")
+    loaded = loader(data)
+    if not loaded.text.strip():
+        raise DocumentLoadError("no text in the document")
+    meta = dict(metadata or {})
+    title = meta.pop("title", None) or loaded.title
+    source = meta.pop("source", None) or source
+    return Document(
+        id=doc_id,
+        text=loaded.text,
+        title=title,
+        source=source,
+        metadata=meta,
+        page_starts=loaded.page_starts,
+    )
+
+
+def _corpus_files(corpus_dir: Path) -> Iterator[Path]:
+    for path in sorted(corpus_dir.rglob("*")):
+        relative = path.relative_to(corpus_dir)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        if relative.as_posix() == METADATA_FILE:
+            continue
+        yield path
+
+
+def read_metadata(corpus_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per-document fields (title, publisher, date …) from the corpus's optional metadata.json."""
+    path = corpus_dir / METADATA_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DocumentLoadError(f"{path}: not readable JSON: {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise DocumentLoadError(f"{path}: expected an object mapping document ids to objects")
+    return data
+
+
+def document_id(corpus_dir: Path, path: Path) -> str:
+    """The file's path below the corpus folder without its extension: stable across rebuilds."""
+    return path.relative_to(corpus_dir).with_suffix("").as_posix()
+
+
+def load_corpus(corpus_dir: Path) -> CorpusLoad:
+    if not corpus_dir.is_dir():
+        raise FileNotFoundError(f"corpus folder {corpus_dir} does not exist")
+    metadata = read_metadata(corpus_dir)
+    documents: list[Document] = []
+    skipped: list[SkippedFile] = []
+    seen: dict[str, Path] = {}
+    for path in _corpus_files(corpus_dir):
+        doc_id = document_id(corpus_dir, path)
+        if doc_id in seen:
+            reason = f"document id {doc_id!r} is already taken by {seen[doc_id].name}"
+            skipped.append(SkippedFile(path, reason))
+            logger.warning("skipping %s: %s", path, reason)
+            continue
+        try:
+            document = load_document(
+                path.read_bytes(),
+                path.suffix,
+                doc_id,
+                source=path.relative_to(corpus_dir).as_posix(),
+                metadata=metadata.get(doc_id),
+            )
+        except (DocumentLoadError, OSError) as exc:
+            skipped.append(SkippedFile(path, str(exc)))
+            logger.warning("skipping %s: %s", path, exc)
+            continue
+        seen[doc_id] = path
+        documents.append(document)
+    return CorpusLoad(documents, skipped)

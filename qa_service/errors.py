@@ -1,0 +1,32 @@
+"""Domain errors. The API maps each to one HTTP status in `qa_service.api.errors`."""
+
+from __future__ import annotations
+
+
+class QAError(Exception):
+    """Base class: the message is written for the user and safe to show."""
+
+
+class DocumentNotFoundError(QAError, KeyError):
+    def __init__(self, document_id: str) -> None:
+        super().__init__(f"no document with id {document_id!r}")
+        self.document_id = document_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class IndexNotFoundError(QAError, FileNotFoundError):
+    """No index has been built in the index folder yet."""
+
+
+class IndexCorruptError(QAError):
+    """The index on disk is damaged or unreadable; `qa index` rebuilds it."""
+
+
+class IndexStaleError(QAError):
+    """The index was built from another corpus, model or passage settings."""
+
+
+class ServiceNotReadyError(QAError):
+    """The model or index is not loaded yet, or the service is shutting down."""

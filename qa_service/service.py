@@ -1,0 +1,125 @@
+"""The question-answering service that the API and the CLI both drive."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from embeddings import Encoder, load_encoder
+from qa_service.answering import Answer, AnswerBuilder, min_score_for
+from qa_service.chunking import PassageSplitter
+from qa_service.config import Settings
+from qa_service.documents import Document
+from qa_service.errors import DocumentNotFoundError, IndexNotFoundError, IndexStaleError
+from qa_service.indexing import ProgressFactory, build_index, stale_reasons
+from qa_service.retrieval import DenseRetriever
+from qa_service.store import IndexData, load_index, read_manifest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TimedAnswer:
+    answer: Answer
+    took_ms: float
+
+
+def make_splitter(settings: Settings, encoder: Encoder) -> PassageSplitter:
+    return PassageSplitter(encoder, settings.passage_tokens, settings.passage_overlap)
+
+
+def ensure_index(
+    settings: Settings, encoder: Encoder, progress: ProgressFactory | None = None
+) -> IndexData:
+    """Load the index, building it first when there is none or it no longer fits the settings."""
+    splitter = make_splitter(settings, encoder)
+
+    def rebuild() -> IndexData:
+        return build_index(
+            settings.corpus_dir, settings.index_dir, encoder, splitter, settings.batch_size,
+            progress,
+        )[0]  # fmt: skip
+
+    try:
+        manifest = read_manifest(settings.index_dir)
+    except IndexNotFoundError:
+        logger.info("no index in %s yet: building it from %s", settings.index_dir,
+                    settings.corpus_dir)  # fmt: skip
+        return rebuild()
+    reasons = stale_reasons(manifest, encoder, splitter, settings.corpus_dir)
+    if reasons:
+        if not settings.rebuild_stale_index:
+            raise IndexStaleError(
+                f"the index in {settings.index_dir} is out of date: {'; '.join(reasons)}. "
+                "Run `qa index` to rebuild it."
+            )
+        logger.warning("rebuilding the index: %s", "; ".join(reasons))
+        return rebuild()
+    return load_index(settings.index_dir)
+
+
+class QAService:
+    def __init__(self, encoder: Encoder, index: IndexData, min_score: float, top_k: int) -> None:
+        if index.manifest.model != encoder.name:
+            raise IndexStaleError(
+                f"index built with {index.manifest.model} cannot be queried with {encoder.name}"
+            )
+        self.encoder = encoder
+        self.index = index
+        self.top_k = top_k
+        self._retriever = DenseRetriever(index)
+        self._answers = AnswerBuilder(index, min_score)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        encoder: Encoder | None = None,
+        progress: ProgressFactory | None = None,
+    ) -> QAService:
+        encoder = encoder or load_encoder(settings.model)
+        index = ensure_index(settings, encoder, progress)
+        min_score = settings.min_score
+        if min_score is None:
+            min_score = min_score_for(encoder.name)
+        return cls(encoder, index, min_score, settings.top_k)
+
+    @property
+    def min_score(self) -> float:
+        return self._answers.min_score
+
+    def ask(
+        self, question: str, top_k: int | None = None, min_score: float | None = None
+    ) -> TimedAnswer:
+        return self.ask_many([question], top_k, min_score)[0]
+
+    def ask_many(
+        self, questions: Sequence[str], top_k: int | None = None, min_score: float | None = None
+    ) -> list[TimedAnswer]:
+        """Answer several questions with one model call; `took_ms` is each one's share."""
+        started = time.perf_counter()
+        vectors = self.encoder.encode_queries(questions)
+        hits = self._retriever.retrieve(vectors, top_k or self.top_k)
+        answers = [
+            self._answers.build(q, v, h, min_score)
+            for q, v, h in zip(questions, vectors, hits, strict=True)
+        ]
+        took_ms = (time.perf_counter() - started) * 1000 / max(len(questions), 1)
+        return [TimedAnswer(a, took_ms) for a in answers]
+
+    def documents(self) -> list[Document]:
+        return list(self.index.documents.values())
+
+    def document(self, document_id: str) -> Document:
+        try:
+            return self.index.documents[document_id]
+        except KeyError:
+            raise DocumentNotFoundError(document_id) from None
+
+    def passage_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.index.documents, 0)
+        for passage in self.index.passages:
+            counts[passage.document_id] += 1
+        return counts

@@ -1,0 +1,228 @@
+"""The index folder: vectors, passage table and manifest, written atomically and verified on load.
+
+Layout: `<index_dir>/generations/<name>/` holds one complete index; `<index_dir>/current` is a
+symlink to the live generation. A build writes a new generation and then swaps the symlink with
+one atomic rename, so a crash at any moment leaves the previous index (or none) in place, never a
+half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embeddings import IndexFormatError, VectorIndex, Vectors
+from qa_service.chunking import Passage, Span
+from qa_service.documents import Document
+from qa_service.errors import IndexCorruptError, IndexNotFoundError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_DOCUMENTS = "documents.jsonl"
+_PASSAGES = "passages.jsonl"
+_VECTORS = "passages.faiss"
+_UNIT_VECTORS = "units.npy"
+_CURRENT = "current"
+_GENERATIONS = "generations"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format_version: int
+    model: str
+    dimension: int
+    corpus_fingerprint: str
+    passage_settings: dict[str, Any]
+    created_at: str
+    documents: int
+    passages: int
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass
+class IndexData:
+    """A whole index in memory: what `save_index` writes and `load_index` returns."""
+
+    documents: dict[str, Document]
+    # Sentence units per document; unit vectors are stored in the same order, document by document.
+    units: dict[str, list[Span]]
+    passages: list[Passage]  # a passage's position is its id in the vector index
+    vectors: VectorIndex
+    unit_vectors: Vectors
+    manifest: Manifest
+    unit_offsets: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.unit_offsets = {}
+        offset = 0
+        for doc_id in self.documents:
+            self.unit_offsets[doc_id] = offset
+            offset += len(self.units[doc_id])
+        if offset != len(self.unit_vectors):
+            raise IndexCorruptError(f"{offset} sentence units but {len(self.unit_vectors)} vectors")
+        if len(self.passages) != len(self.vectors):
+            raise IndexCorruptError(
+                f"{len(self.passages)} passages but {len(self.vectors)} vectors"
+            )
+
+    def unit_rows(self, passage: Passage) -> range:
+        offset = self.unit_offsets[passage.document_id]
+        return range(offset + passage.first_unit, offset + passage.last_unit)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_index(index_dir: Path, data: IndexData) -> Path:
+    """Write `data` as a new generation and make it current; returns the generation folder."""
+    generations = index_dir / _GENERATIONS
+    generations.mkdir(parents=True, exist_ok=True)
+    name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    staging = generations / f".{name}.partial"
+    staging.mkdir()
+
+    _write_jsonl(
+        staging / _DOCUMENTS,
+        [
+            {
+                "id": d.id,
+                "title": d.title,
+                "source": d.source,
+                "metadata": d.metadata,
+                "page_starts": list(d.page_starts),
+                "units": data.units[d.id],
+                "text": d.text,
+            }
+            for d in data.documents.values()
+        ],
+    )
+    _write_jsonl(
+        staging / _PASSAGES,
+        [{k: v for k, v in asdict(p).items() if k != "text"} for p in data.passages],
+    )
+    data.vectors.save(staging / _VECTORS)
+    np.save(staging / _UNIT_VECTORS, data.unit_vectors)
+
+    files = {n: _sha256(staging / n) for n in (_DOCUMENTS, _PASSAGES, _VECTORS, _UNIT_VECTORS)}
+    manifest = Manifest(**{**asdict(data.manifest), "files": files})
+    (staging / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2), encoding="utf-8")
+    for path in staging.iterdir():
+        with path.open("rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(staging)
+
+    final = generations / name
+    staging.rename(final)
+    link = index_dir / f".{_CURRENT}.{uuid.uuid4().hex[:8]}"
+    link.symlink_to(Path(_GENERATIONS) / name)
+    link.replace(index_dir / _CURRENT)  # the atomic step
+    _fsync_dir(index_dir)
+    data.manifest = manifest
+    _remove_old_generations(generations, keep=name)
+    return final
+
+
+def _remove_old_generations(generations: Path, keep: str) -> None:
+    for path in generations.iterdir():
+        if path.name != keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def current_generation(index_dir: Path) -> Path:
+    current = index_dir / _CURRENT
+    if not current.exists():
+        raise IndexNotFoundError(f"no index in {index_dir}: build one with `qa index`")
+    return current.resolve()
+
+
+def read_manifest(index_dir: Path) -> Manifest:
+    path = current_generation(index_dir) / MANIFEST
+    try:
+        return Manifest.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise IndexCorruptError(f"unreadable manifest {path}: {exc}") from exc
+
+
+def load_index(index_dir: Path) -> IndexData:
+    """Load and verify the current index; any damage raises IndexCorruptError."""
+    manifest = read_manifest(index_dir)
+    folder = current_generation(index_dir)
+    if manifest.format_version != FORMAT_VERSION:
+        raise IndexCorruptError(
+            f"index format {manifest.format_version} in {folder}; this version reads "
+            f"{FORMAT_VERSION}"
+        )
+    for name, expected in manifest.files.items():
+        path = folder / name
+        if not path.exists() or _sha256(path) != expected:
+            raise IndexCorruptError(f"{path} is missing or does not match its checksum")
+    try:
+        documents: dict[str, Document] = {}
+        units: dict[str, list[Span]] = {}
+        for row in _read_jsonl(folder / _DOCUMENTS):
+            units[row["id"]] = [(int(a), int(b)) for a, b in row.pop("units")]
+            row["page_starts"] = tuple(row["page_starts"])
+            documents[row["id"]] = Document(**row)
+        passages = []
+        for row in _read_jsonl(folder / _PASSAGES):
+            text = documents[row["document_id"]].text[row["start"] : row["end"]]
+            passages.append(Passage(text=text, **row))
+        vectors = VectorIndex.load(folder / _VECTORS, manifest.dimension)
+        unit_vectors = np.load(folder / _UNIT_VECTORS)
+    except (OSError, ValueError, TypeError, KeyError, IndexFormatError) as exc:
+        raise IndexCorruptError(f"cannot read the index in {folder}: {exc}") from exc
+    return IndexData(documents, units, passages, vectors, unit_vectors, manifest)
+
+
+def new_manifest(
+    model: str, dimension: int, corpus_fingerprint: str, passage_settings: dict[str, Any],
+    documents: int, passages: int,
+) -> Manifest:  # fmt: skip
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        model=model,
+        dimension=dimension,
+        corpus_fingerprint=corpus_fingerprint,
+        passage_settings=passage_settings,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        documents=documents,
+        passages=passages,
+    )
