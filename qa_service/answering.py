@@ -73,7 +73,9 @@ class AnswerBuilder:
         self._index = index
         self.min_score = min_score
 
-    def best_sentence(self, hit: Hit, question_vector: Vectors, terms: set[str]) -> Sentence:
+    def best_sentence(self, hit: Hit, question_vector: Vectors, terms: set[str]) -> Sentence | None:
+        if self._index.unit_vectors is None:
+            return None
         passage = hit.passage
         rows = self._index.unit_rows(passage)
         dense = self._index.unit_vectors[rows.start : rows.stop] @ question_vector
@@ -100,6 +102,8 @@ class AnswerBuilder:
             sentence = self.best_sentence(hit, question_vector, terms)
             ranked.append(RankedPassage(hit, rank, sentence))
             # The answer weighs how well the sentence and its passage both match.
+            if sentence is None:
+                continue
             combined = sentence.score + hit.score
             if answerable and rank <= ANSWER_PASSAGES and combined > answer_score:
                 answer_rank, answer_score = rank, combined

@@ -160,5 +160,34 @@ class PassageSplitter:
         return units, lengths
 
 
-def passage_texts(chunked: Sequence[ChunkedDocument]) -> list[str]:
-    return [p.text for c in chunked for p in c.passages]
+class WholeDocumentSplitter:
+    """One passage per document, cut at the model's input limit: how MTEB scores retrieval.
+
+    Only for reproducing published benchmark figures; the service itself never truncates.
+    """
+
+    overlap = 0
+
+    def __init__(self, spanner: TokenSpanner) -> None:
+        self._spanner = spanner
+        self.target_tokens = spanner.max_tokens
+
+    def split(self, document: Document) -> ChunkedDocument:
+        (tokens,) = self._spanner.token_spans([document.text])
+        end = tokens[: self.target_tokens][-1][1] if tokens else len(document.text)
+        units = [(a, min(b, end)) for a, b in split_sentences(document.text) if a < end]
+        passage = Passage(
+            id=f"{document.id}#0",
+            document_id=document.id,
+            ordinal=0,
+            start=0,
+            end=end,
+            text=document.text[:end],
+            first_unit=0,
+            last_unit=len(units),
+            page=document.page_at(0),
+        )
+        return ChunkedDocument(document, units, [passage])
+
+
+Splitter = PassageSplitter | WholeDocumentSplitter

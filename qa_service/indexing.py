@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from embeddings import Encoder, VectorIndex
-from qa_service.chunking import ChunkedDocument, PassageSplitter
+from qa_service.chunking import ChunkedDocument, Splitter
 from qa_service.documents import Document, SkippedFile, load_corpus
 from qa_service.store import IndexData, Manifest, new_manifest, save_index
 
@@ -32,8 +32,12 @@ class BuildReport:
     seconds: float
 
 
-def passage_settings(splitter: PassageSplitter) -> dict[str, Any]:
-    return {"target_tokens": splitter.target_tokens, "overlap": splitter.overlap}
+def passage_settings(splitter: Splitter) -> dict[str, Any]:
+    return {
+        "splitter": type(splitter).__name__,
+        "target_tokens": splitter.target_tokens,
+        "overlap": splitter.overlap,
+    }
 
 
 def corpus_fingerprint(corpus_dir: Path) -> str:
@@ -49,7 +53,7 @@ def corpus_fingerprint(corpus_dir: Path) -> str:
 
 
 def stale_reasons(
-    manifest: Manifest, encoder: Encoder, splitter: PassageSplitter, corpus_dir: Path
+    manifest: Manifest, encoder: Encoder, splitter: Splitter, corpus_dir: Path
 ) -> list[str]:
     """Why a saved index no longer matches the configuration; empty when it does."""
     reasons = []
@@ -68,12 +72,17 @@ def stale_reasons(
 def index_documents(
     documents: Sequence[Document],
     encoder: Encoder,
-    splitter: PassageSplitter,
+    splitter: Splitter,
     fingerprint: str,
     batch_size: int = 32,
     progress: ProgressFactory | None = None,
+    sentence_vectors: bool = True,
 ) -> IndexData:
-    """Split and encode documents into an in-memory index (nothing is written)."""
+    """Split and encode documents into an in-memory index (nothing is written).
+
+    Sentence vectors serve answer-sentence selection; retrieval-only benchmarks skip them,
+    which halves the encoding work.
+    """
     chunked: list[ChunkedDocument] = [splitter.split(d) for d in documents]
     passages = [p for c in chunked for p in c.passages]
     unit_texts = [c.document.text[a:b] for c in chunked for a, b in c.units]
@@ -83,7 +92,7 @@ def index_documents(
         return encoder.encode_passages(texts, batch_size=batch_size, on_batch=on_batch)
 
     passage_vectors = encode("passages", [p.text for p in passages])
-    unit_vectors = encode("sentences", unit_texts)
+    unit_vectors = encode("sentences", unit_texts) if sentence_vectors else None
     manifest = new_manifest(
         model=encoder.name,
         dimension=encoder.dimension,
@@ -106,7 +115,7 @@ def build_index(
     corpus_dir: Path,
     index_dir: Path,
     encoder: Encoder,
-    splitter: PassageSplitter,
+    splitter: Splitter,
     batch_size: int = 32,
     progress: ProgressFactory | None = None,
 ) -> tuple[IndexData, BuildReport]:

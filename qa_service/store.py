@@ -62,7 +62,7 @@ class IndexData:
     units: dict[str, list[Span]]
     passages: list[Passage]  # a passage's position is its id in the vector index
     vectors: VectorIndex
-    unit_vectors: Vectors
+    unit_vectors: Vectors | None  # None when built without sentence vectors (benchmarks)
     manifest: Manifest
     unit_offsets: dict[str, int] = field(init=False)
 
@@ -72,7 +72,7 @@ class IndexData:
         for doc_id in self.documents:
             self.unit_offsets[doc_id] = offset
             offset += len(self.units[doc_id])
-        if offset != len(self.unit_vectors):
+        if self.unit_vectors is not None and offset != len(self.unit_vectors):
             raise IndexCorruptError(f"{offset} sentence units but {len(self.unit_vectors)} vectors")
         if len(self.passages) != len(self.vectors):
             raise IndexCorruptError(
@@ -139,9 +139,10 @@ def save_index(index_dir: Path, data: IndexData) -> Path:
         [{k: v for k, v in asdict(p).items() if k != "text"} for p in data.passages],
     )
     data.vectors.save(staging / _VECTORS)
-    np.save(staging / _UNIT_VECTORS, data.unit_vectors)
+    if data.unit_vectors is not None:
+        np.save(staging / _UNIT_VECTORS, data.unit_vectors)
 
-    files = {n: _sha256(staging / n) for n in (_DOCUMENTS, _PASSAGES, _VECTORS, _UNIT_VECTORS)}
+    files = {path.name: _sha256(path) for path in sorted(staging.iterdir())}
     manifest = Manifest(**{**asdict(data.manifest), "files": files})
     (staging / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2), encoding="utf-8")
     for path in staging.iterdir():
@@ -206,7 +207,8 @@ def load_index(index_dir: Path) -> IndexData:
             text = documents[row["document_id"]].text[row["start"] : row["end"]]
             passages.append(Passage(text=text, **row))
         vectors = VectorIndex.load(folder / _VECTORS, manifest.dimension)
-        unit_vectors = np.load(folder / _UNIT_VECTORS)
+        unit_path = folder / _UNIT_VECTORS
+        unit_vectors = np.load(unit_path) if unit_path.exists() else None
     except (OSError, ValueError, TypeError, KeyError, IndexFormatError) as exc:
         raise IndexCorruptError(f"cannot read the index in {folder}: {exc}") from exc
     return IndexData(documents, units, passages, vectors, unit_vectors, manifest)
