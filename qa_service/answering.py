@@ -17,10 +17,10 @@ from qa_service.retrieval import Hit
 from qa_service.store import IndexData
 
 # Abstention threshold on the best passage's cosine score, per model, measured on the seed dev
-# set (see docs/evaluation.md): off-topic questions top out near 0.15, answerable ones start
-# near 0.45.
-CALIBRATED_MIN_SCORE: dict[str, float] = {"sentence-transformers/all-MiniLM-L6-v2": 0.30}
-FALLBACK_MIN_SCORE = 0.30
+# set (docs/evaluation.md): off-topic questions reached 0.154 at most, answerable ones 0.321 at
+# least; the threshold sits between, nearer the off-topic side so that answers are not lost.
+CALIBRATED_MIN_SCORE: dict[str, float] = {"sentence-transformers/all-MiniLM-L6-v2": 0.25}
+FALLBACK_MIN_SCORE = 0.25
 
 # Sentences come from the top passages only: lower ones rarely hold the answer and often mislead.
 ANSWER_PASSAGES = 3

@@ -109,9 +109,10 @@ def index(corpus_dir: CorpusOpt = None, index_dir: IndexOpt = None, model: Model
         f"in {report.seconds:.1f}s into {escape(str(report.index_dir))}."
     )
     if report.skipped:
-        out.print(f"[yellow]Skipped {len(report.skipped)} file(s):[/]")
+        out.print(f"[yellow]Skipped {len(report.skipped)} file(s) in {settings.corpus_dir}:[/]")
         for skipped in report.skipped:
-            out.print(f"  {escape(str(skipped.path))}: {escape(skipped.reason)}")
+            name = skipped.path.relative_to(settings.corpus_dir)
+            out.print(f"  {escape(str(name))}: {escape(skipped.reason)}", soft_wrap=True)
 
 
 @app.command()
@@ -192,6 +193,7 @@ def _print_answer(response: AskResponse, min_score: float) -> None:
                 f"{escape(p.text[h.end :])}"
             )
         out.print(f"    {text}\n")
+
 
 
 if __name__ == "__main__":

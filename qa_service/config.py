@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
 
     # Passage splitting, in the model's word pieces; the model's own input limit caps the size.
-    passage_tokens: int = Field(128, ge=16, description="Target passage length in word pieces.")
+    passage_tokens: int = Field(96, ge=16, description="Target passage length in word pieces.")
     passage_overlap: int = Field(
         1, ge=0, le=5, description="Sentences repeated at the start of the next passage."
     )

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real model is loaded once per session, and the default corpus indexed once."""
+"""Shared fixtures: the real model loads once per session; the default corpus is indexed once."""
 
 from __future__ import annotations
 

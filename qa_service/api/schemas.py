@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from qa_service.answering import Answer
 from qa_service.documents import Document
 
 MAX_QUESTION_CHARS = 2000
 MAX_TOP_K = 50
+MAX_BATCH = 256
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("question must contain non-whitespace characters")
+    return value
+
+
+Question = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_QUESTION_CHARS, description="A natural-language question."),
+    AfterValidator(_not_blank),
+]
 
 
 class AskRequest(BaseModel):
@@ -21,11 +35,7 @@ class AskRequest(BaseModel):
         },
     )
 
-    question: str = Field(
-        min_length=1,
-        max_length=MAX_QUESTION_CHARS,
-        description="A natural-language question.",
-    )
+    question: Question
     top_k: int | None = Field(
         None, ge=1, le=MAX_TOP_K, description="Passages to return (default from settings: 5)."
     )
@@ -36,12 +46,16 @@ class AskRequest(BaseModel):
         description="Abstain when the best passage scores below this (default: calibrated).",
     )
 
-    @field_validator("question")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("question must contain non-whitespace characters")
-        return value
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"questions": ["What is GRETA?"], "top_k": 3}]},
+    )
+
+    questions: list[Question] = Field(min_length=1, max_length=MAX_BATCH)
+    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K)
+    min_score: float | None = Field(None, ge=-1.0, le=1.0)
 
 
 class Span(BaseModel):
@@ -177,3 +191,7 @@ class Readiness(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str
+
+
+class BatchResponse(BaseModel):
+    results: list[AskResponse] = Field(description="One /v1/ask response per question, in order.")

@@ -1,0 +1,133 @@
+"""Single-question latency: `POST /v1/ask` over HTTP against the bare model + FAISS floor.
+
+Starts `qa serve` on the default corpus (or uses --url), asks the seed dev questions one at a
+time, and times, in the same run, the bare floor for the same questions in-process: the
+sentence-transformers model's encode of one question plus an exact FAISS search over the same
+passage vectors. Also times a full index build of the corpus.
+
+    python benchmarks/latency.py [--rounds 20] [--url http://127.0.0.1:8000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTIONS = ROOT.parent / "shared" / "eval" / "seed_dev_questions.jsonl"
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def summary(name: str, values_ms: list[float]) -> str:
+    return (
+        f"{name:<38} median {statistics.median(values_ms):7.2f} ms   "
+        f"p95 {percentile(values_ms, 95):7.2f} ms   (n={len(values_ms)})"
+    )
+
+
+def start_server(corpus: Path, index_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "QA_CORPUS_DIR": str(corpus), "QA_INDEX_DIR": str(index_dir)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "qa_service.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit("server did not become ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=20, help="passes over the question set")
+    parser.add_argument("--url", help="a running server to measure instead of starting one")
+    args = parser.parse_args()
+
+    from embeddings import load_encoder
+    from qa_service.config import Settings
+    from qa_service.indexing import build_index
+    from qa_service.service import make_splitter
+    from qa_service.store import load_index
+
+    questions = [json.loads(line)["question"] for line in QUESTIONS.read_text().splitlines()]
+    work = Path(tempfile.mkdtemp(prefix="qa-bench-"))
+    settings = Settings(corpus_dir=ROOT / "corpus", index_dir=work / "index")
+
+    encoder = load_encoder(settings.model)
+    started = time.perf_counter()
+    _, report = build_index(
+        settings.corpus_dir, settings.index_dir, encoder, make_splitter(settings, encoder)
+    )
+    build_seconds = time.perf_counter() - started
+
+    # The floor: the bare model and a bare FAISS index over the same passage vectors.
+    model = encoder._model  # type: ignore[attr-defined]  # the SentenceTransformer itself
+    index = load_index(settings.index_dir)
+    passage_vectors = np.vstack(
+        [index.vectors._index.reconstruct(i) for i in range(len(index.passages))]
+    )
+    flat = faiss.IndexFlatIP(passage_vectors.shape[1])
+    flat.add(passage_vectors)
+
+    process = None
+    url = args.url
+    if url is None:
+        process, url = start_server(settings.corpus_dir, settings.index_dir)
+    http_ms: list[float] = []
+    bare_ms: list[float] = []
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for q in questions[:3]:  # warm both paths
+                client.post("/v1/ask", json={"question": q})
+                flat.search(model.encode([q], normalize_embeddings=True), 5)
+            for _ in range(args.rounds):
+                for q in questions:
+                    t0 = time.perf_counter()
+                    response = client.post("/v1/ask", json={"question": q})
+                    http_ms.append((time.perf_counter() - t0) * 1000)
+                    response.raise_for_status()
+                    t0 = time.perf_counter()
+                    vector = model.encode([q], normalize_embeddings=True, convert_to_numpy=True)
+                    flat.search(vector, 5)
+                    bare_ms.append((time.perf_counter() - t0) * 1000)
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=30)
+
+    print(f"corpus: {report.documents} documents, {report.passages} passages; model {encoder.name}")
+    print(f"index build (load, split, encode passages and sentences, save): {build_seconds:.2f} s")
+    print(summary("POST /v1/ask over HTTP, concurrency 1", http_ms))
+    print(summary("bare encode + FAISS search", bare_ms))
+    ratio = statistics.median(http_ms) / statistics.median(bare_ms)
+    print(f"ratio of medians (HTTP / bare): {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

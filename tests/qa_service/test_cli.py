@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from qa_service.cli import app
+from qa_service.config import Settings
+from qa_service.service import QAService
+
+runner = CliRunner()
+
+
+def _dirs(settings: Settings) -> list[str]:
+    return ["--corpus-dir", str(settings.corpus_dir), "--index-dir", str(settings.index_dir)]
+
+
+def test_index_summarises_what_was_indexed_and_skipped(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "good.txt").write_text("Rivers flow to the sea. Mountains are high.")
+    (corpus / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
+    (corpus / "blank.md").write_text("  \n")
+    result = runner.invoke(
+        app, ["index", "--corpus-dir", str(corpus), "--index-dir", str(tmp_path / "idx")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Indexed 1 documents" in result.output
+    assert "Skipped 2 file(s)" in result.output
+    assert "broken.pdf: broken PDF" in result.output
+    assert "blank.md: no text" in result.output
+    assert (tmp_path / "idx" / "current" / "manifest.json").exists()
+
+
+def test_index_of_an_empty_or_missing_corpus_fails_clearly(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["index", "--corpus-dir", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_ask_json_prints_the_api_contract(settings: Settings, service: QAService) -> None:
+    result = runner.invoke(app, ["ask", "What is GRETA?", "--json", "-k", "2", *_dirs(settings)])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["question"] == "What is GRETA?"
+    assert len(body["passages"]) == 2
+    assert {"chunk_id", "start", "end", "highlight", "document_id"} <= set(body["passages"][0])
+
+
+def test_ask_prints_citations(settings: Settings, service: QAService) -> None:
+    result = runner.invoke(app, ["ask", "When did the Annual Regional Meeting take place?",
+                                 *_dirs(settings)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Answer [")
+    assert "004_7e10ae9df193b495, characters" in result.output
+
+
+def test_ask_abstains_plainly(settings: Settings, service: QAService) -> None:
+    result = runner.invoke(app, ["ask", "What is the boiling point of water?", *_dirs(settings)])
+    assert result.exit_code == 0
+    assert "No passage is relevant enough to answer" in result.output
+
+
+@pytest.mark.parametrize(("question", "message"), [("   ", "non-whitespace"), ("x" * 2001, "2000")])
+def test_ask_rejects_bad_questions(settings: Settings, question: str, message: str) -> None:
+    result = runner.invoke(app, ["ask", question, *_dirs(settings)])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_settings_come_from_environment(
+    settings: Settings, service: QAService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QA_CORPUS_DIR", str(settings.corpus_dir))
+    monkeypatch.setenv("QA_INDEX_DIR", str(settings.index_dir))
+    monkeypatch.setenv("QA_TOP_K", "1")
+    result = runner.invoke(app, ["ask", "What is GRETA?", "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["passages"]) == 1
+
+
+def test_invalid_setting_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QA_TOP_K", "0")
+    result = runner.invoke(app, ["ask", "anything?"])
+    assert result.exit_code == 2
+    assert "invalid setting" in result.output
