@@ -46,14 +46,29 @@ class VectorIndex:
             np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64)
         )
 
-    def search(self, queries: Vectors, k: int) -> tuple[npt.NDArray[np.float32], Ids]:
-        """Best `k` ids per query, best first; rows are padded with id -1 when k > len(self)."""
+    def search(
+        self, queries: Vectors, k: int, allowed: Ids | None = None
+    ) -> tuple[npt.NDArray[np.float32], Ids]:
+        """Best `k` ids per query, best first, among `allowed` ids if given; rows are padded
+        with id -1 when fewer than `k` qualify."""
         if queries.ndim != 2 or queries.shape[1] != self.dimension:
             raise ValueError(
                 f"expected queries of shape (n, {self.dimension}), got {queries.shape}"
             )
-        scores, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        params = None
+        if allowed is not None:
+            params = faiss.SearchParameters()
+            params.sel = faiss.IDSelectorBatch(allowed.astype(np.int64))
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        scores, ids = self._index.search(queries, k, params=params)
         return scores, ids
+
+    def vectors(self, ids: Ids) -> Vectors:
+        """The stored vectors of `ids`, to score candidates that another retriever found."""
+        if len(ids) == 0:
+            return np.empty((0, self.dimension), dtype=np.float32)
+        found: Vectors = self._index.reconstruct_batch(np.asarray(ids, dtype=np.int64))
+        return found
 
     def save(self, path: Path) -> None:
         faiss.write_index(self._index, str(path))

@@ -13,14 +13,17 @@ import numpy as np
 from bm25s.stopwords import STOPWORDS_EN_PLUS
 
 from embeddings import Vectors
-from qa_service.retrieval import Hit
+from qa_service.retrieval import Hit, Mode
 from qa_service.store import IndexData
 
-# Abstention threshold on the best passage's cosine score, per model, measured on the seed dev
-# set (docs/evaluation.md): off-topic questions reached 0.154 at most, answerable ones 0.321 at
-# least; the threshold sits between, nearer the off-topic side so that answers are not lost.
-CALIBRATED_MIN_SCORE: dict[str, float] = {"sentence-transformers/all-MiniLM-L6-v2": 0.25}
-FALLBACK_MIN_SCORE = 0.25
+# Abstention thresholds on the best passage's score, per model and retrieval mode, measured on
+# the seed dev set (docs/evaluation.md, "Abstention"): each sits between the highest score of an
+# off-topic question and the lowest of an answerable one, nearer the off-topic side so that
+# answers are not lost.
+CALIBRATED_MIN_SCORE: dict[str, dict[Mode, float]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": {"dense": 0.25, "lexical": 0.25, "hybrid": 0.25},
+}
+FALLBACK_MIN_SCORE: dict[Mode, float] = {"dense": 0.25, "lexical": 0.25, "hybrid": 0.25}
 
 # Sentences come from the top passages only: lower ones rarely hold the answer and often mislead.
 ANSWER_PASSAGES = 3
@@ -30,8 +33,8 @@ _WORD = re.compile(r"\w+")
 _STOPWORDS = frozenset(STOPWORDS_EN_PLUS)
 
 
-def min_score_for(model: str) -> float:
-    return CALIBRATED_MIN_SCORE.get(model, FALLBACK_MIN_SCORE)
+def min_score_for(model: str, mode: Mode) -> float:
+    return CALIBRATED_MIN_SCORE.get(model, FALLBACK_MIN_SCORE)[mode]
 
 
 def content_terms(text: str) -> set[str]:
@@ -69,9 +72,8 @@ class Answer:
 
 
 class AnswerBuilder:
-    def __init__(self, index: IndexData, min_score: float) -> None:
+    def __init__(self, index: IndexData) -> None:
         self._index = index
-        self.min_score = min_score
 
     def best_sentence(self, hit: Hit, question_vector: Vectors, terms: set[str]) -> Sentence | None:
         if self._index.unit_vectors is None:
@@ -91,9 +93,8 @@ class AnswerBuilder:
         return best
 
     def build(
-        self, question: str, question_vector: Vectors, hits: list[Hit], min_score: float | None
+        self, question: str, question_vector: Vectors, hits: list[Hit], threshold: float
     ) -> Answer:
-        threshold = self.min_score if min_score is None else min_score
         answerable = bool(hits) and hits[0].score >= threshold
         terms = content_terms(question)
         ranked = []

@@ -38,6 +38,7 @@ class Passage:
     first_unit: int
     last_unit: int
     page: int | None = None
+    windows: int = 1  # consecutive windows spanned: more than one once retrieval merges them
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def _settings(**flags: Any) -> Settings:
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}")
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -148,6 +148,9 @@ def ask(
     min_score: Annotated[
         float | None, typer.Option(help="Abstain below this score (default: calibrated).")
     ] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="dense, lexical or hybrid [env QA_MODE].")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
     corpus_dir: CorpusOpt = None,
     index_dir: IndexOpt = None,
@@ -155,17 +158,20 @@ def ask(
 ) -> None:
     """Answer a question and print the passages with their citations."""
     try:
-        request = AskRequest(question=question, top_k=top_k, min_score=min_score)
+        request = AskRequest.model_validate(
+            {"question": question, "top_k": top_k, "min_score": min_score, "mode": mode}
+        )
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     settings = _settings(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
     service = _load_service(settings)
-    timed = service.ask(request.question, request.top_k, request.min_score)
+    timed = service.ask(request.question, request.top_k, request.min_score, request.mode)
     response = AskResponse.from_answer(timed.answer, service.index.documents, timed.took_ms)
     if as_json:
         print(response.model_dump_json(indent=2))
         return
-    _print_answer(response, service.min_score if min_score is None else min_score)
+    threshold = service.threshold(request.mode) if min_score is None else min_score
+    _print_answer(response, threshold)
 
 
 def _print_answer(response: AskResponse, min_score: float) -> None:

@@ -8,6 +8,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embeddings.encoder import DEFAULT_MODEL
+from qa_service.retrieval import Mode
 
 
 class Settings(BaseSettings):
@@ -29,6 +30,7 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(32, ge=1, le=1024, description="Texts encoded per model call.")
 
+    mode: Mode = Field("hybrid", description="Retrieval: dense, lexical (BM25) or hybrid.")
     min_score: float | None = Field(
         None,
         description="Abstain when the best passage scores below this; None uses the model's "

@@ -15,6 +15,7 @@ import numpy as np
 from embeddings import Encoder, VectorIndex
 from qa_service.chunking import ChunkedDocument, Splitter
 from qa_service.documents import Document, SkippedFile, load_corpus
+from qa_service.lexical import LexicalIndex
 from qa_service.store import IndexData, Manifest, new_manifest, save_index
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ def index_documents(
         units={c.document.id: c.units for c in chunked},
         passages=passages,
         vectors=VectorIndex.build(passage_vectors),
+        lexical=LexicalIndex.build([p.text for p in passages]),
         unit_vectors=unit_vectors,
         manifest=manifest,
     )

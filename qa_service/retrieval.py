@@ -1,34 +1,196 @@
-"""Question vectors to ranked candidate passages."""
+"""Questions to ranked candidate passages: dense, lexical, or both fused.
+
+Hybrid scores are `DENSE_WEIGHT * cosine + (1 - DENSE_WEIGHT) * lexical`, both on absolute
+scales (cosine; BM25 as a share of the best attainable, see `lexical.py`), computed exactly for
+every candidate either retriever found. Absolute scores keep one abstention threshold meaningful
+across questions, which rank-based fusion (RRF) would not.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
 
 from embeddings import Vectors
 from qa_service.chunking import Passage
+from qa_service.documents import Document
 from qa_service.store import IndexData
+
+Mode = Literal["dense", "lexical", "hybrid"]
+MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")
+
+# Measured on SciFact train and the seed dev set (docs/evaluation.md).
+DENSE_WEIGHT = 0.5
+# Candidates each retriever contributes per passage asked for: room for overlap removal.
+CANDIDATE_FACTOR = 4
+MIN_CANDIDATES = 40
+# Overlapping windows merge into one passage of at most this many windows.
+MAX_MERGED_WINDOWS = 3
 
 
 @dataclass(frozen=True)
 class Hit:
     passage: Passage
-    score: float  # cosine similarity of question and passage
+    score: float  # the mode's score: cosine, lexical share, or their weighted sum
+    dense_score: float | None = None
+    lexical_score: float | None = None
 
 
-class DenseRetriever:
-    def __init__(self, index: IndexData) -> None:
+@dataclass(frozen=True)
+class Filters:
+    """Restricts the search to some documents before ranking."""
+
+    document_ids: frozenset[str] | None = None
+    metadata: tuple[tuple[str, Any], ...] = ()  # field == value, all must hold
+    date_from: str | None = None  # ISO dates, compared with the document's `date` metadata
+    date_to: str | None = None
+
+    def allows(self, document: Document) -> bool:
+        if self.document_ids is not None and document.id not in self.document_ids:
+            return False
+        if any(document.metadata.get(k) != v for k, v in self.metadata):
+            return False
+        if self.date_from is not None or self.date_to is not None:
+            date = document.metadata.get("date")
+            if not isinstance(date, str):
+                return False
+            if self.date_from is not None and date < self.date_from:
+                return False
+            if self.date_to is not None and date > self.date_to:
+                return False
+        return True
+
+
+def _overlaps(a: Passage, b: Passage) -> bool:
+    return a.document_id == b.document_id and a.start < b.end and b.start < a.end
+
+
+def merge_passages(passages: Sequence[Passage], document: Document) -> Passage:
+    """One passage spanning overlapping windows of a document, so that text shared by
+    neighbouring windows is returned once and nothing any of them held is lost."""
+    first = min(passages, key=lambda p: p.ordinal)
+    last_ordinal = max(p.ordinal + p.windows - 1 for p in passages)
+    start, end = min(p.start for p in passages), max(p.end for p in passages)
+    return Passage(
+        id=f"{document.id}#{first.ordinal}-{last_ordinal}",
+        document_id=document.id,
+        ordinal=first.ordinal,
+        start=start,
+        end=end,
+        text=document.text[start:end],
+        first_unit=min(p.first_unit for p in passages),
+        last_unit=max(p.last_unit for p in passages),
+        page=document.page_at(start),
+        windows=last_ordinal - first.ordinal + 1,
+    )
+
+
+class Retriever:
+    def __init__(self, index: IndexData, dense_weight: float = DENSE_WEIGHT) -> None:
+        if not 0.0 <= dense_weight <= 1.0:
+            raise ValueError("dense_weight must lie in [0, 1]")
         self._index = index
+        self.dense_weight = dense_weight
 
-    def retrieve(self, question_vectors: Vectors, k: int) -> list[list[Hit]]:
-        """The `k` best passages for each question vector, best first."""
+    def allowed_ids(self, filters: Filters | None) -> npt.NDArray[np.int64] | None:
+        if filters is None:
+            return None
+        documents = self._index.documents
+        allowed = {d for d, doc in documents.items() if filters.allows(doc)}
+        ids = [i for i, p in enumerate(self._index.passages) if p.document_id in allowed]
+        return np.asarray(ids, dtype=np.int64)
+
+    def retrieve(
+        self,
+        questions: Sequence[str],
+        question_vectors: Vectors,
+        k: int,
+        mode: Mode = "hybrid",
+        filters: Filters | None = None,
+    ) -> list[list[Hit]]:
+        """The `k` best passages for each question, best first; overlapping windows of the same
+        text are merged into one passage, ranked where the better of them ranked."""
         if k < 1:
             raise ValueError("k must be at least 1")
-        k = min(k, len(self._index.passages))
-        if k == 0:
-            return [[] for _ in range(len(question_vectors))]
-        scores, ids = self._index.vectors.search(question_vectors, k)
-        passages = self._index.passages
-        return [
-            [Hit(passages[i], float(s)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
-            for row_scores, row_ids in zip(scores, ids, strict=True)
-        ]
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        allowed = self.allowed_ids(filters)
+        depth = min(max(k * CANDIDATE_FACTOR, MIN_CANDIDATES), len(self._index.passages))
+        if depth == 0 or (allowed is not None and len(allowed) == 0):
+            return [[] for _ in questions]
+
+        dense_ids: npt.NDArray[np.int64] | None = None
+        if mode != "lexical":
+            _, dense_ids = self._index.vectors.search(question_vectors, depth, allowed)
+        results = []
+        for row, (question, vector) in enumerate(zip(questions, question_vectors, strict=True)):
+            candidates: dict[int, None] = {}
+            if dense_ids is not None:
+                candidates.update(dict.fromkeys(int(i) for i in dense_ids[row] if i >= 0))
+            lexical = None
+            if mode != "dense":
+                lexical = self._index.lexical.scores(question)
+                if allowed is not None:
+                    mask = np.zeros(len(lexical), dtype=bool)
+                    mask[allowed] = True
+                    lexical = np.where(mask, lexical, -1.0)
+                top = np.argpartition(-lexical, depth - 1)[:depth]
+                candidates.update(dict.fromkeys(int(i) for i in top if lexical[i] > 0))
+            results.append(self._rank(list(candidates), vector, lexical, mode, k))
+        return results
+
+    def _rank(
+        self,
+        ids: list[int],
+        vector: Vectors,
+        lexical: npt.NDArray[np.float32] | None,
+        mode: Mode,
+        k: int,
+    ) -> list[Hit]:
+        if not ids:
+            return []
+        id_array = np.asarray(ids, dtype=np.int64)
+        dense = None if mode == "lexical" else self._index.vectors.vectors(id_array) @ vector
+        hits = []
+        for j, i in enumerate(ids):
+            d = None if dense is None else float(dense[j])
+            lex = None if lexical is None else float(lexical[i])
+            if mode == "dense":
+                score = d
+            elif mode == "lexical":
+                score = lex
+            else:
+                assert d is not None and lex is not None
+                score = self.dense_weight * d + (1 - self.dense_weight) * lex
+            assert score is not None
+            hits.append(Hit(self._index.passages[i], score, d, lex))
+        hits.sort(key=lambda h: h.score, reverse=True)
+        return self._merge_overlaps(hits, k)
+
+    def _merge_overlaps(self, hits: list[Hit], k: int) -> list[Hit]:
+        """Best-first hits with overlapping windows merged (up to MAX_MERGED_WINDOWS; a window
+        that would make a merged passage longer is dropped), so no text is returned twice."""
+        kept: list[Hit] = []
+        for hit in hits:
+            overlapping = [
+                n for n, other in enumerate(kept) if _overlaps(hit.passage, other.passage)
+            ]
+            if not overlapping:
+                if len(kept) == k:
+                    break
+                kept.append(hit)
+                continue
+            document = self._index.documents[hit.passage.document_id]
+            merged = merge_passages(
+                [hit.passage, *(kept[n].passage for n in overlapping)], document
+            )
+            if merged.windows > MAX_MERGED_WINDOWS:
+                continue
+            kept[overlapping[0]] = replace(kept[overlapping[0]], passage=merged)
+            for n in reversed(overlapping[1:]):
+                del kept[n]
+        return kept

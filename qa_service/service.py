@@ -14,7 +14,7 @@ from qa_service.config import Settings
 from qa_service.documents import Document
 from qa_service.errors import DocumentNotFoundError, IndexNotFoundError, IndexStaleError
 from qa_service.indexing import ProgressFactory, build_index, stale_reasons
-from qa_service.retrieval import DenseRetriever
+from qa_service.retrieval import Filters, Mode, Retriever
 from qa_service.store import IndexData, load_index, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,15 @@ def ensure_index(
 
 
 class QAService:
-    def __init__(self, encoder: Encoder, index: IndexData, min_score: float, top_k: int) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        index: IndexData,
+        min_score: float | None,
+        top_k: int,
+        mode: Mode = "hybrid",
+    ) -> None:
+        """`min_score` None means the threshold calibrated for the model and each mode."""
         if index.manifest.model != encoder.name:
             raise IndexStaleError(
                 f"index built with {index.manifest.model} cannot be queried with {encoder.name}"
@@ -69,8 +77,10 @@ class QAService:
         self.encoder = encoder
         self.index = index
         self.top_k = top_k
-        self._retriever = DenseRetriever(index)
-        self._answers = AnswerBuilder(index, min_score)
+        self.mode: Mode = mode
+        self._min_score = min_score
+        self._retriever = Retriever(index)
+        self._answers = AnswerBuilder(index)
 
     @classmethod
     def from_settings(
@@ -81,29 +91,44 @@ class QAService:
     ) -> QAService:
         encoder = encoder or load_encoder(settings.model)
         index = ensure_index(settings, encoder, progress)
-        min_score = settings.min_score
-        if min_score is None:
-            min_score = min_score_for(encoder.name)
-        return cls(encoder, index, min_score, settings.top_k)
+        return cls(encoder, index, settings.min_score, settings.top_k, settings.mode)
 
     @property
     def min_score(self) -> float:
-        return self._answers.min_score
+        """The abstention threshold of the default mode."""
+        return self.threshold()
+
+    def threshold(self, mode: Mode | None = None) -> float:
+        if self._min_score is not None:
+            return self._min_score
+        return min_score_for(self.encoder.name, mode or self.mode)
 
     def ask(
-        self, question: str, top_k: int | None = None, min_score: float | None = None
+        self,
+        question: str,
+        top_k: int | None = None,
+        min_score: float | None = None,
+        mode: Mode | None = None,
+        filters: Filters | None = None,
     ) -> TimedAnswer:
-        return self.ask_many([question], top_k, min_score)[0]
+        return self.ask_many([question], top_k, min_score, mode, filters)[0]
 
     def ask_many(
-        self, questions: Sequence[str], top_k: int | None = None, min_score: float | None = None
+        self,
+        questions: Sequence[str],
+        top_k: int | None = None,
+        min_score: float | None = None,
+        mode: Mode | None = None,
+        filters: Filters | None = None,
     ) -> list[TimedAnswer]:
         """Answer several questions with one model call; `took_ms` is each one's share."""
         started = time.perf_counter()
+        mode = mode or self.mode
+        threshold = self.threshold(mode) if min_score is None else min_score
         vectors = self.encoder.encode_queries(questions)
-        hits = self._retriever.retrieve(vectors, top_k or self.top_k)
+        hits = self._retriever.retrieve(questions, vectors, top_k or self.top_k, mode, filters)
         answers = [
-            self._answers.build(q, v, h, min_score)
+            self._answers.build(q, v, h, threshold)
             for q, v, h in zip(questions, vectors, hits, strict=True)
         ]
         took_ms = (time.perf_counter() - started) * 1000 / max(len(questions), 1)

@@ -25,13 +25,15 @@ from embeddings import IndexFormatError, VectorIndex, Vectors
 from qa_service.chunking import Passage, Span
 from qa_service.documents import Document
 from qa_service.errors import IndexCorruptError, IndexNotFoundError
+from qa_service.lexical import LexicalIndex
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 _DOCUMENTS = "documents.jsonl"
 _PASSAGES = "passages.jsonl"
 _VECTORS = "passages.faiss"
 _UNIT_VECTORS = "units.npy"
+_LEXICAL = "bm25"
 _CURRENT = "current"
 _GENERATIONS = "generations"
 
@@ -62,6 +64,7 @@ class IndexData:
     units: dict[str, list[Span]]
     passages: list[Passage]  # a passage's position is its id in the vector index
     vectors: VectorIndex
+    lexical: LexicalIndex
     unit_vectors: Vectors | None  # None when built without sentence vectors (benchmarks)
     manifest: Manifest
     unit_offsets: dict[str, int] = field(init=False)
@@ -141,13 +144,21 @@ def save_index(index_dir: Path, data: IndexData) -> Path:
     data.vectors.save(staging / _VECTORS)
     if data.unit_vectors is not None:
         np.save(staging / _UNIT_VECTORS, data.unit_vectors)
+    (staging / _LEXICAL).mkdir()
+    data.lexical.save(staging / _LEXICAL)
 
-    files = {path.name: _sha256(path) for path in sorted(staging.iterdir())}
+    files = {
+        path.relative_to(staging).as_posix(): _sha256(path)
+        for path in sorted(staging.rglob("*"))
+        if path.is_file()
+    }
     manifest = Manifest(**{**asdict(data.manifest), "files": files})
     (staging / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2), encoding="utf-8")
-    for path in staging.iterdir():
-        with path.open("rb") as f:
-            os.fsync(f.fileno())
+    for path in staging.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(staging / _LEXICAL)
     _fsync_dir(staging)
 
     final = generations / name
@@ -207,11 +218,12 @@ def load_index(index_dir: Path) -> IndexData:
             text = documents[row["document_id"]].text[row["start"] : row["end"]]
             passages.append(Passage(text=text, **row))
         vectors = VectorIndex.load(folder / _VECTORS, manifest.dimension)
+        lexical = LexicalIndex.load(folder / _LEXICAL)
         unit_path = folder / _UNIT_VECTORS
         unit_vectors = np.load(unit_path) if unit_path.exists() else None
     except (OSError, ValueError, TypeError, KeyError, IndexFormatError) as exc:
         raise IndexCorruptError(f"cannot read the index in {folder}: {exc}") from exc
-    return IndexData(documents, units, passages, vectors, unit_vectors, manifest)
+    return IndexData(documents, units, passages, vectors, lexical, unit_vectors, manifest)
 
 
 def new_manifest(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from qa_service.answering import Answer
 from qa_service.documents import Document
+from qa_service.retrieval import Filters, Mode
 
 MAX_QUESTION_CHARS = 2000
 MAX_TOP_K = 50
@@ -27,7 +29,52 @@ Question = Annotated[
 ]
 
 
-class AskRequest(BaseModel):
+class FiltersIn(BaseModel):
+    """Restrict the search before ranking: top_k results all come from the allowed documents."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"metadata": {"publisher": "UNODC"}, "date_from": "2020-01-01"}]
+        },
+    )
+
+    document_ids: list[str] | None = Field(None, max_length=10_000)
+    metadata: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Metadata fields that must equal these values."
+    )
+    date_from: date | None = Field(None, description="Documents dated on or after (ISO date).")
+    date_to: date | None = Field(None, description="Documents dated on or before (ISO date).")
+
+    def to_filters(self) -> Filters:
+        return Filters(
+            document_ids=frozenset(self.document_ids) if self.document_ids is not None else None,
+            metadata=tuple(sorted(self.metadata.items())),
+            date_from=self.date_from.isoformat() if self.date_from else None,
+            date_to=self.date_to.isoformat() if self.date_to else None,
+        )
+
+
+class RetrievalOptions(BaseModel):
+    """Options every question endpoint accepts."""
+
+    top_k: int | None = Field(
+        None, ge=1, le=MAX_TOP_K, description="Passages to return (default from settings: 5)."
+    )
+    min_score: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="Abstain when the best passage scores below this (default: calibrated "
+        "per model and mode).",
+    )
+    mode: Mode | None = Field(
+        None, description="dense, lexical (BM25) or hybrid (default from settings: hybrid)."
+    )
+    filters: FiltersIn | None = None
+
+
+class AskRequest(RetrievalOptions):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -36,31 +83,24 @@ class AskRequest(BaseModel):
     )
 
     question: Question
-    top_k: int | None = Field(
-        None, ge=1, le=MAX_TOP_K, description="Passages to return (default from settings: 5)."
-    )
-    min_score: float | None = Field(
-        None,
-        ge=-1.0,
-        le=1.0,
-        description="Abstain when the best passage scores below this (default: calibrated).",
-    )
 
 
-class BatchRequest(BaseModel):
+class BatchRequest(RetrievalOptions):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [{"questions": ["What is GRETA?"], "top_k": 3}]},
     )
 
     questions: list[Question] = Field(min_length=1, max_length=MAX_BATCH)
-    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K)
-    min_score: float | None = Field(None, ge=-1.0, le=1.0)
 
 
 class Span(BaseModel):
     start: int
     end: int
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 class AnswerSentence(BaseModel):
@@ -70,7 +110,12 @@ class AnswerSentence(BaseModel):
 
 class PassageOut(BaseModel):
     rank: int
-    score: float = Field(description="Cosine similarity of question and passage (-1..1).")
+    score: float = Field(
+        description="The mode's score: cosine similarity (dense), share of the best attainable "
+        "BM25 score (lexical, 0..1), or their weighted sum (hybrid)."
+    )
+    dense_score: float | None = Field(description="Cosine similarity, when computed.")
+    lexical_score: float | None = Field(description="Normalised BM25 score, when computed.")
     text: str
     document_id: str
     title: str | None
@@ -122,6 +167,8 @@ class AskResponse(BaseModel):
                 PassageOut(
                     rank=ranked.rank,
                     score=round(ranked.hit.score, 6),
+                    dense_score=_round(ranked.hit.dense_score),
+                    lexical_score=_round(ranked.hit.lexical_score),
                     text=p.text,
                     document_id=p.document_id,
                     title=document.title,
