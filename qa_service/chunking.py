@@ -100,17 +100,45 @@ def split_sentences(text: str) -> list[Span]:
     return spans
 
 
-class PassageSplitter:
-    """Packs sentence units into passages of about `target_tokens` word pieces."""
+# Word pieces of the document title put before each passage when it is encoded.
+TITLE_TOKENS = 32
 
-    def __init__(self, spanner: TokenSpanner, target_tokens: int = 128, overlap: int = 1) -> None:
+
+class PassageSplitter:
+    """Packs sentence units into passages of about `target_tokens` word pieces.
+
+    With `title_context`, each passage is encoded (and indexed for BM25) after its document's
+    title, so that a passage that never names its subject is still found by it; the returned
+    text and offsets stay those of the passage alone. Room for the title is kept within the
+    model's limit, so the passage itself is never cut.
+    """
+
+    def __init__(
+        self,
+        spanner: TokenSpanner,
+        target_tokens: int = 128,
+        overlap: int = 1,
+        title_context: bool = False,
+    ) -> None:
         if target_tokens < 1:
             raise ValueError("target_tokens must be positive")
         if overlap < 0:
             raise ValueError("overlap must not be negative")
         self._spanner = spanner
-        self.target_tokens = min(target_tokens, spanner.max_tokens)
+        room = spanner.max_tokens - (TITLE_TOKENS + 1 if title_context else 0)
+        self.target_tokens = min(target_tokens, room)
         self.overlap = overlap
+        self.title_context = title_context
+
+    def indexed_texts(self, chunked: ChunkedDocument) -> list[str]:
+        """What is encoded and indexed for each passage: its text, after the title if asked."""
+        title = chunked.document.title
+        if not self.title_context or not title:
+            return [p.text for p in chunked.passages]
+        (spans,) = self._spanner.token_spans([title])
+        if len(spans) > TITLE_TOKENS:
+            title = title[: spans[TITLE_TOKENS - 1][1]]
+        return [f"{title}\n{p.text}" for p in chunked.passages]
 
     def split(self, document: Document) -> ChunkedDocument:
         units, lengths = self._units(document.text)
@@ -168,10 +196,14 @@ class WholeDocumentSplitter:
     """
 
     overlap = 0
+    title_context = False  # benchmark documents carry their title in their text already
 
     def __init__(self, spanner: TokenSpanner) -> None:
         self._spanner = spanner
         self.target_tokens = spanner.max_tokens
+
+    def indexed_texts(self, chunked: ChunkedDocument) -> list[str]:
+        return [p.text for p in chunked.passages]
 
     def split(self, document: Document) -> ChunkedDocument:
         (tokens,) = self._spanner.token_spans([document.text])

@@ -8,7 +8,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embeddings.encoder import DEFAULT_MODEL
-from qa_service.retrieval import Mode
+from qa_service.retrieval import DENSE_WEIGHT, Mode
 
 
 class Settings(BaseSettings):
@@ -28,9 +28,17 @@ class Settings(BaseSettings):
     passage_overlap: int = Field(
         1, ge=0, le=5, description="Sentences repeated at the start of the next passage."
     )
+    title_context: bool = Field(
+        False,
+        description="Encode each passage after its document's title (measured: worse on the "
+        "default corpus, see docs/evaluation.md).",
+    )
     batch_size: int = Field(32, ge=1, le=1024, description="Texts encoded per model call.")
 
     mode: Mode = Field("hybrid", description="Retrieval: dense, lexical (BM25) or hybrid.")
+    dense_weight: float = Field(
+        DENSE_WEIGHT, ge=0.0, le=1.0, description="Weight of the dense score in hybrid fusion."
+    )
     min_score: float | None = Field(
         None,
         description="Abstain when the best passage scores below this; None uses the model's "

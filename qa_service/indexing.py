@@ -38,6 +38,7 @@ def passage_settings(splitter: Splitter) -> dict[str, Any]:
         "splitter": type(splitter).__name__,
         "target_tokens": splitter.target_tokens,
         "overlap": splitter.overlap,
+        "title_context": splitter.title_context,
     }
 
 
@@ -92,7 +93,8 @@ def index_documents(
         on_batch = progress(label, len(texts)) if progress else None
         return encoder.encode_passages(texts, batch_size=batch_size, on_batch=on_batch)
 
-    passage_vectors = encode("passages", [p.text for p in passages])
+    indexed_texts = [t for c in chunked for t in splitter.indexed_texts(c)]
+    passage_vectors = encode("passages", indexed_texts)
     unit_vectors = encode("sentences", unit_texts) if sentence_vectors else None
     manifest = new_manifest(
         model=encoder.name,
@@ -107,7 +109,7 @@ def index_documents(
         units={c.document.id: c.units for c in chunked},
         passages=passages,
         vectors=VectorIndex.build(passage_vectors),
-        lexical=LexicalIndex.build([p.text for p in passages]),
+        lexical=LexicalIndex.build(indexed_texts),
         unit_vectors=unit_vectors,
         manifest=manifest,
     )

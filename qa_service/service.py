@@ -14,7 +14,7 @@ from qa_service.config import Settings
 from qa_service.documents import Document
 from qa_service.errors import DocumentNotFoundError, IndexNotFoundError, IndexStaleError
 from qa_service.indexing import ProgressFactory, build_index, stale_reasons
-from qa_service.retrieval import Filters, Mode, Retriever
+from qa_service.retrieval import DENSE_WEIGHT, Filters, Mode, Retriever
 from qa_service.store import IndexData, load_index, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,9 @@ class TimedAnswer:
 
 
 def make_splitter(settings: Settings, encoder: Encoder) -> PassageSplitter:
-    return PassageSplitter(encoder, settings.passage_tokens, settings.passage_overlap)
+    return PassageSplitter(
+        encoder, settings.passage_tokens, settings.passage_overlap, settings.title_context
+    )
 
 
 def ensure_index(
@@ -68,6 +70,7 @@ class QAService:
         min_score: float | None,
         top_k: int,
         mode: Mode = "hybrid",
+        dense_weight: float = DENSE_WEIGHT,
     ) -> None:
         """`min_score` None means the threshold calibrated for the model and each mode."""
         if index.manifest.model != encoder.name:
@@ -79,7 +82,7 @@ class QAService:
         self.top_k = top_k
         self.mode: Mode = mode
         self._min_score = min_score
-        self._retriever = Retriever(index)
+        self._retriever = Retriever(index, dense_weight)
         self._answers = AnswerBuilder(index)
 
     @classmethod
@@ -91,7 +94,9 @@ class QAService:
     ) -> QAService:
         encoder = encoder or load_encoder(settings.model)
         index = ensure_index(settings, encoder, progress)
-        return cls(encoder, index, settings.min_score, settings.top_k, settings.mode)
+        return cls(
+            encoder, index, settings.min_score, settings.top_k, settings.mode, settings.dense_weight
+        )
 
     @property
     def min_score(self) -> float:
