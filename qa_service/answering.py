@@ -28,7 +28,7 @@ FALLBACK_MIN_SCORE: dict[Mode, float] = {"dense": 0.25, "lexical": 0.27, "hybrid
 
 # Sentences come from the top passages only: lower ones rarely hold the answer and often mislead.
 ANSWER_PASSAGES = 3
-LEXICAL_WEIGHT = 0.3
+LEXICAL_WEIGHT = 0.6
 
 _WORD = re.compile(r"\w+")
 _STOPWORDS = frozenset(STOPWORDS_EN_PLUS)

@@ -175,13 +175,15 @@ class Retriever:
         """Best-first hits with overlapping windows merged (up to MAX_MERGED_WINDOWS; a window
         that would make a merged passage longer is dropped), so no text is returned twice."""
         kept: list[Hit] = []
+        merged_away: set[int] = set()
+        by_document: dict[str, list[int]] = {}  # slots in `kept`, compared for overlaps
         for hit in hits:
-            overlapping = [
-                n for n, other in enumerate(kept) if _overlaps(hit.passage, other.passage)
-            ]
+            slots = by_document.setdefault(hit.passage.document_id, [])
+            overlapping = [n for n in slots if _overlaps(hit.passage, kept[n].passage)]
             if not overlapping:
-                if len(kept) == k:
+                if len(kept) - len(merged_away) == k:
                     break
+                slots.append(len(kept))
                 kept.append(hit)
                 continue
             document = self._index.documents[hit.passage.document_id]
@@ -191,6 +193,7 @@ class Retriever:
             if merged.windows > MAX_MERGED_WINDOWS:
                 continue
             kept[overlapping[0]] = replace(kept[overlapping[0]], passage=merged)
-            for n in reversed(overlapping[1:]):
-                del kept[n]
-        return kept
+            for n in overlapping[1:]:
+                merged_away.add(n)
+                slots.remove(n)
+        return [hit for n, hit in enumerate(kept) if n not in merged_away]
