@@ -24,7 +24,7 @@ Mode = Literal["dense", "lexical", "hybrid"]
 MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")
 
 # Measured on SciFact train and the seed question sets (docs/evaluation.md).
-DENSE_WEIGHT = 0.6
+DENSE_WEIGHT = 0.5
 # Candidates each retriever contributes per passage asked for: room for overlap removal.
 CANDIDATE_FACTOR = 4
 MIN_CANDIDATES = 40
