@@ -99,7 +99,7 @@ def main() -> None:
     url = args.url
     if url is None:
         process, url = start_server(settings.corpus_dir, settings.index_dir)
-    http_ms: list[float] = []
+    http_ms: dict[str, list[float]] = {"hybrid": [], "dense": []}
     bare_ms: list[float] = []
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
@@ -108,10 +108,11 @@ def main() -> None:
                 flat.search(model.encode([q], normalize_embeddings=True), 5)
             for _ in range(args.rounds):
                 for q in questions:
-                    t0 = time.perf_counter()
-                    response = client.post("/v1/ask", json={"question": q})
-                    http_ms.append((time.perf_counter() - t0) * 1000)
-                    response.raise_for_status()
+                    for mode, timings in http_ms.items():
+                        t0 = time.perf_counter()
+                        response = client.post("/v1/ask", json={"question": q, "mode": mode})
+                        timings.append((time.perf_counter() - t0) * 1000)
+                        response.raise_for_status()
                     t0 = time.perf_counter()
                     vector = model.encode([q], normalize_embeddings=True, convert_to_numpy=True)
                     flat.search(vector, 5)
@@ -123,10 +124,14 @@ def main() -> None:
 
     print(f"corpus: {report.documents} documents, {report.passages} passages; model {encoder.name}")
     print(f"index build (load, split, encode passages and sentences, save): {build_seconds:.2f} s")
-    print(summary("POST /v1/ask over HTTP, concurrency 1", http_ms))
+    for mode, timings in http_ms.items():
+        print(summary(f"POST /v1/ask ({mode}) over HTTP, conc. 1", timings))
     print(summary("bare encode + FAISS search", bare_ms))
-    ratio = statistics.median(http_ms) / statistics.median(bare_ms)
-    print(f"ratio of medians (HTTP / bare): {ratio:.2f}")
+    bare = statistics.median(bare_ms)
+    for mode, timings in http_ms.items():
+        print(f"ratio of medians, HTTP {mode} / bare: {statistics.median(timings) / bare:.2f}")
+    hybrid_vs_dense = statistics.median(http_ms["hybrid"]) / statistics.median(http_ms["dense"])
+    print(f"ratio of medians, hybrid / dense over HTTP: {hybrid_vs_dense:.2f}")
 
 
 if __name__ == "__main__":

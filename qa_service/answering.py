@@ -20,14 +20,16 @@ from qa_service.store import IndexData
 # the seed question sets (docs/evaluation.md, "Abstention"): each is the midpoint between the
 # highest-scoring off-topic question and the lowest-scoring answerable one.
 CALIBRATED_MIN_SCORE: dict[str, dict[Mode, float]] = {
-    "sentence-transformers/all-MiniLM-L6-v2": {"dense": 0.24, "lexical": 0.27, "hybrid": 0.22},
+    "sentence-transformers/all-MiniLM-L6-v2": {"dense": 0.33, "lexical": 0.27, "hybrid": 0.25},
 }
 # For an uncalibrated model: cosine scores of unrelated texts vary by model; calibrate with
 # `qa eval` and set QA_MIN_SCORE.
-FALLBACK_MIN_SCORE: dict[Mode, float] = {"dense": 0.25, "lexical": 0.27, "hybrid": 0.22}
+FALLBACK_MIN_SCORE: dict[Mode, float] = {"dense": 0.33, "lexical": 0.27, "hybrid": 0.25}
 
 # Sentences come from the top passages only: lower ones rarely hold the answer and often mislead.
 ANSWER_PASSAGES = 3
+# Passages that get a highlight: as many as the API returns; deeper evaluation runs skip the rest.
+HIGHLIGHTED_PASSAGES = 50
 LEXICAL_WEIGHT = 0.6
 
 _WORD = re.compile(r"\w+")
@@ -101,7 +103,9 @@ class AnswerBuilder:
         ranked = []
         answer_rank, answer_score = None, -np.inf
         for rank, hit in enumerate(hits, start=1):
-            sentence = self.best_sentence(hit, question_vector, terms)
+            sentence = None
+            if rank <= HIGHLIGHTED_PASSAGES:
+                sentence = self.best_sentence(hit, question_vector, terms)
             ranked.append(RankedPassage(hit, rank, sentence))
             # The answer weighs how well the sentence and its passage both match.
             if sentence is None:

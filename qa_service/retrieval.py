@@ -1,9 +1,13 @@
 """Questions to ranked candidate passages: dense, lexical, or both fused.
 
-Hybrid scores are `DENSE_WEIGHT * cosine + (1 - DENSE_WEIGHT) * lexical`, both on absolute
-scales (cosine; BM25 as a share of the best attainable, see `lexical.py`), computed exactly for
-every candidate either retriever found. Absolute scores keep one abstention threshold meaningful
-across questions, which rank-based fusion (RRF) would not.
+Hybrid scores are `DENSE_WEIGHT * dense + (1 - DENSE_WEIGHT) * lexical`, both on absolute
+scales, computed exactly for every candidate either retriever found. Absolute scores keep one
+abstention threshold meaningful across questions, which rank-based fusion (RRF) would not.
+
+The dense score of a passage is the cosine similarity of the question with the passage or with
+its best sentence, whichever is higher (where sentence vectors exist): a passage is as relevant
+as the sentence that answers. The lexical score is BM25 as a share of the best attainable (see
+`lexical.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embeddings import Vectors
-from qa_service.chunking import Passage
+from qa_service.chunking import Passage, Span
 from qa_service.documents import Document
 from qa_service.store import IndexData
 
@@ -89,6 +93,30 @@ def merge_passages(passages: Sequence[Passage], document: Document) -> Passage:
     )
 
 
+def trim_passage(
+    passage: Passage, covered: Sequence[Passage], document: Document, units: Sequence[Span]
+) -> Passage | None:
+    """The passage without the sentences `covered` already returns, if what is left is one
+    contiguous, non-empty run of sentences."""
+    left = [
+        u
+        for u in range(passage.first_unit, passage.last_unit)
+        if not any(c.first_unit <= u < c.last_unit for c in covered)
+    ]
+    if not left or left[-1] - left[0] + 1 != len(left):
+        return None
+    start, end = units[left[0]][0], units[left[-1]][1]
+    return replace(
+        passage,
+        start=start,
+        end=end,
+        text=document.text[start:end],
+        first_unit=left[0],
+        last_unit=left[-1] + 1,
+        page=document.page_at(start),
+    )
+
+
 class Retriever:
     def __init__(self, index: IndexData, dense_weight: float = DENSE_WEIGHT) -> None:
         if not 0.0 <= dense_weight <= 1.0:
@@ -154,7 +182,11 @@ class Retriever:
         if not ids:
             return []
         id_array = np.asarray(ids, dtype=np.int64)
-        dense = None if mode == "lexical" else self._index.vectors.vectors(id_array) @ vector
+        dense = None
+        if mode != "lexical":
+            dense = self._index.vectors.vectors(id_array) @ vector
+            if self._index.unit_vectors is not None:
+                dense = np.maximum(dense, self._best_sentence_scores(ids, vector))
         hits = []
         for j, i in enumerate(ids):
             d = None if dense is None else float(dense[j])
@@ -171,29 +203,43 @@ class Retriever:
         hits.sort(key=lambda h: h.score, reverse=True)
         return self._merge_overlaps(hits, k)
 
+    def _best_sentence_scores(self, ids: list[int], vector: Vectors) -> npt.NDArray[np.float32]:
+        assert self._index.unit_vectors is not None
+        units = self._index.unit_vectors
+        best = np.empty(len(ids), dtype=np.float32)
+        for j, i in enumerate(ids):
+            rows = self._index.unit_rows(self._index.passages[i])
+            best[j] = (units[rows.start : rows.stop] @ vector).max()
+        return best
+
     def _merge_overlaps(self, hits: list[Hit], k: int) -> list[Hit]:
-        """Best-first hits with overlapping windows merged (up to MAX_MERGED_WINDOWS; a window
-        that would make a merged passage longer is dropped), so no text is returned twice."""
+        """Best-first hits with overlapping windows merged, so no text is returned twice.
+
+        A merged passage spans at most MAX_MERGED_WINDOWS windows; a window that would make it
+        longer keeps only its sentences not already returned."""
         kept: list[Hit] = []
         merged_away: set[int] = set()
         by_document: dict[str, list[int]] = {}  # slots in `kept`, compared for overlaps
         for hit in hits:
             slots = by_document.setdefault(hit.passage.document_id, [])
             overlapping = [n for n in slots if _overlaps(hit.passage, kept[n].passage)]
-            if not overlapping:
-                if len(kept) - len(merged_away) == k:
-                    break
-                slots.append(len(kept))
-                kept.append(hit)
-                continue
-            document = self._index.documents[hit.passage.document_id]
-            merged = merge_passages(
-                [hit.passage, *(kept[n].passage for n in overlapping)], document
-            )
-            if merged.windows > MAX_MERGED_WINDOWS:
-                continue
-            kept[overlapping[0]] = replace(kept[overlapping[0]], passage=merged)
-            for n in overlapping[1:]:
-                merged_away.add(n)
-                slots.remove(n)
+            if overlapping:
+                document = self._index.documents[hit.passage.document_id]
+                others = [kept[n].passage for n in overlapping]
+                merged = merge_passages([hit.passage, *others], document)
+                if merged.windows <= MAX_MERGED_WINDOWS:
+                    kept[overlapping[0]] = replace(kept[overlapping[0]], passage=merged)
+                    for n in overlapping[1:]:
+                        merged_away.add(n)
+                        slots.remove(n)
+                    continue
+                units = self._index.units[document.id]
+                trimmed = trim_passage(hit.passage, others, document, units)
+                if trimmed is None:
+                    continue
+                hit = replace(hit, passage=trimmed)
+            if len(kept) - len(merged_away) == k:
+                break
+            slots.append(len(kept))
+            kept.append(hit)
         return [hit for n, hit in enumerate(kept) if n not in merged_away]

@@ -114,7 +114,10 @@ class PassageOut(BaseModel):
         description="The mode's score: cosine similarity (dense), share of the best attainable "
         "BM25 score (lexical, 0..1), or their weighted sum (hybrid)."
     )
-    dense_score: float | None = Field(description="Cosine similarity, when computed.")
+    dense_score: float | None = Field(
+        description="Cosine similarity of the question with the passage or its best sentence, "
+        "whichever is higher; null in lexical mode."
+    )
     lexical_score: float | None = Field(description="Normalised BM25 score, when computed.")
     text: str
     document_id: str

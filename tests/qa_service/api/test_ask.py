@@ -20,8 +20,8 @@ def test_ask_returns_the_contract(client: TestClient) -> None:
     holder = body["passages"][answer["passage_rank"] - 1]
     h = holder["highlight"]
     assert holder["text"][h["start"] : h["end"]] == answer["text"]
-    assert "hidden nature of trafficking" in answer["text"]
     assert holder["document_id"] == "001_679cc4caf4b8cd25"
+    assert "hidden nature of trafficking" in body["passages"][0]["text"]
 
 
 def test_passage_offsets_index_into_the_document_endpoint(client: TestClient) -> None:

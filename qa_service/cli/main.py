@@ -3,97 +3,42 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.markup import escape
-from tqdm import tqdm
 
-from embeddings import ModelNotAvailableError, load_encoder
+from embeddings import load_encoder
 from qa_service.api.schemas import AskRequest, AskResponse
-from qa_service.config import Settings
-from qa_service.errors import QAError
-from qa_service.indexing import Progress, build_index
-from qa_service.service import QAService, make_splitter
+from qa_service.cli.common import (
+    CorpusOpt,
+    IndexOpt,
+    ModelOpt,
+    ProgressBars,
+    fail,
+    load_service,
+    out,
+    settings_from_flags,
+    user_errors,
+)
+from qa_service.cli.eval import evaluate
+from qa_service.indexing import build_index
+from qa_service.service import make_splitter
 
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     help="Semantic question answering over a document corpus, with exact citations.",
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
-CorpusOpt = Annotated[
-    Path | None, typer.Option("--corpus-dir", help="Documents to index [env QA_CORPUS_DIR].")
-]
-IndexOpt = Annotated[
-    Path | None, typer.Option("--index-dir", help="Where the index lives [env QA_INDEX_DIR].")
-]
-ModelOpt = Annotated[
-    str | None, typer.Option("--model", help="Model name or local folder [env QA_MODEL].")
-]
-
-
-def _settings(**flags: Any) -> Settings:
-    """Flags override `QA_*` variables, which override `.env`."""
-    try:
-        return Settings(**{k: v for k, v in flags.items() if v is not None})
-    except ValidationError as exc:
-        _fail(f"invalid setting: {exc}")
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Errors a user can fix become one clear line instead of a traceback."""
-    try:
-        yield
-    except (QAError, ModelNotAvailableError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
-
-
-class _Bars:
-    """Opens one tqdm bar per encoding stage; closes them all at the end."""
-
-    def __init__(self) -> None:
-        self._bars: list[tqdm[Any]] = []
-
-    def __call__(self, label: str, total: int) -> Progress:
-        bar = tqdm(total=total, desc=f"encoding {label}", unit=" texts", dynamic_ncols=True)
-        self._bars.append(bar)
-        update: Progress = bar.update
-        return update
-
-    def close(self) -> None:
-        for bar in self._bars:
-            bar.close()
-
-
-def _load_service(settings: Settings) -> QAService:
-    bars = _Bars()
-    try:
-        with _user_errors():
-            return QAService.from_settings(settings, progress=bars)
-    finally:
-        bars.close()
 
 
 @app.command()
 def index(corpus_dir: CorpusOpt = None, index_dir: IndexOpt = None, model: ModelOpt = None) -> None:
     """Build (or rebuild) the index from a corpus folder."""
-    settings = _settings(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
-    bars = _Bars()
-    with _user_errors():
+    settings = settings_from_flags(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
+    bars = ProgressBars()
+    with user_errors():
         encoder = load_encoder(settings.model)
         _, report = build_index(
             settings.corpus_dir,
@@ -128,13 +73,13 @@ def serve(
 
     from qa_service.api import create_app
 
-    settings = _settings(
+    settings = settings_from_flags(
         host=host, port=port, corpus_dir=corpus_dir, index_dir=index_dir, model=model
     )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    service = _load_service(settings)
+    service = load_service(settings)
     out.print(
         f"Serving {len(service.index.documents)} documents on http://{settings.host}:{settings.port}"
     )
@@ -162,9 +107,9 @@ def ask(
             {"question": question, "top_k": top_k, "min_score": min_score, "mode": mode}
         )
     except ValidationError as exc:
-        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
-    settings = _settings(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
-    service = _load_service(settings)
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    settings = settings_from_flags(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
+    service = load_service(settings)
     timed = service.ask(request.question, request.top_k, request.min_score, request.mode)
     response = AskResponse.from_answer(timed.answer, service.index.documents, timed.took_ms)
     if as_json:
@@ -201,6 +146,4 @@ def _print_answer(response: AskResponse, min_score: float) -> None:
         out.print(f"    {text}\n")
 
 
-
-if __name__ == "__main__":
-    app()
+app.command(name="eval")(evaluate)

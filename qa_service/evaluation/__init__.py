@@ -1,0 +1,1 @@
+"""Batch evaluation: question sets and BEIR-style benchmarks, scored as BEIR/pytrec_eval do."""

@@ -1,0 +1,384 @@
+"""Runs an evaluation through the service itself, so every retrieval change is measured here too.
+
+Two modes:
+- a question set against the configured corpus and index, judged per passage (a passage is
+  relevant when it contains a gold answer, or comes from a gold document when none is given);
+- a benchmark (BEIR folder or SQuAD file), indexed with the service's own pipeline, cached, and
+  judged per document (a document scores as its best passage), as BEIR and MTEB do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embeddings import Encoder
+from qa_service.answering import Answer
+from qa_service.chunking import Passage, Splitter
+from qa_service.errors import IndexCorruptError, IndexNotFoundError
+from qa_service.evaluation.datasets import Benchmark, Question, QuestionSet
+from qa_service.evaluation.metrics import first_relevant_rank, mean_metrics, query_metrics
+from qa_service.indexing import ProgressFactory, index_documents, passage_settings
+from qa_service.retrieval import DENSE_WEIGHT
+from qa_service.service import QAService, TimedAnswer
+from qa_service.store import IndexData, load_index, save_index
+
+logger = logging.getLogger(__name__)
+
+QUESTION_BATCH = 64
+# Documents a benchmark run ranks: enough for map@100 and recall@100.
+DOCUMENT_DEPTH = 100
+QUESTION_SET_DEPTH = 100
+# Ids and scores kept per question in per_question.jsonl.
+KEEP_RETRIEVED = 100
+
+
+def normalize(text: str) -> str:
+    """Case- and whitespace-insensitive form: any whitespace run (NBSP too) becomes one space."""
+    return " ".join(text.split()).casefold()
+
+
+def contains_answer(text: str, answers: Sequence[str]) -> bool:
+    norm = normalize(text)
+    return any(a and a in norm for a in (normalize(x) for x in answers))
+
+
+@dataclass
+class QuestionResult:
+    id: str
+    question: str
+    retrieved: list[str]  # passage ids (question set) or document ids (benchmark), best first
+    scores: list[float]
+    relevant: int  # relevant passages/documents that exist for this question
+    first_relevant_rank: int | None
+    top_score: float | None
+    unanswerable: bool
+    abstained: bool
+    answer: str | None
+    answer_hit: bool | None  # None when there is no gold answer text to check
+    took_ms: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EvalReport:
+    dataset: str
+    kind: str  # "question-set" or "benchmark"
+    settings: dict[str, Any]
+    counts: dict[str, int]
+    metrics: dict[str, float]
+    latency: dict[str, float]
+    top_scores: dict[str, list[float]]  # "answerable" / "unanswerable"
+    notes: list[str] = field(default_factory=list)
+    per_question: list[QuestionResult] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Per-run choices; `ask_options` are passed to `QAService.ask_many` unchanged, so new
+    retrieval options (for example a retrieval mode) can be compared without touching this."""
+
+    top_k: int | None = None  # passages retrieved per question; None: enough for the metrics
+    min_score: float | None = None
+    dense_weight: float = DENSE_WEIGHT  # benchmark runs; question sets use the service's own
+    batch_size: int = QUESTION_BATCH
+    ask_options: dict[str, Any] = field(default_factory=dict)
+
+
+def _ask_all(
+    service: QAService,
+    questions: Sequence[Question],
+    top_k: int,
+    options: EvalOptions,
+    progress: ProgressFactory | None,
+) -> tuple[list[TimedAnswer], float]:
+    """All answers, in order, asked in batches; returns them with the wall time in seconds."""
+    update = progress("questions", len(questions)) if progress else None
+    answers: list[TimedAnswer] = []
+    started = time.perf_counter()
+    for start in range(0, len(questions), options.batch_size):
+        batch = [q.text for q in questions[start : start + options.batch_size]]
+        answers.extend(service.ask_many(batch, top_k, options.min_score, **options.ask_options))
+        if update:
+            update(len(batch))
+    return answers, time.perf_counter() - started
+
+
+def _other_options(options: EvalOptions) -> dict[str, str]:
+    """Pass-through options other than the mode, as text for the report."""
+    return {k: str(v) for k, v in options.ask_options.items() if k != "mode"}
+
+
+def _latency(results: Sequence[QuestionResult], seconds: float) -> dict[str, float]:
+    took = sorted(r.took_ms for r in results)
+    if not took:
+        return {}
+    p95 = statistics.quantiles(took, n=20, method="inclusive")[18] if len(took) > 1 else took[0]
+    return {
+        "p50_ms": statistics.median(took),
+        "p95_ms": p95,
+        "questions_per_second": len(took) / seconds if seconds > 0 else 0.0,
+        "seconds": seconds,
+    }
+
+
+def _summary(results: Sequence[QuestionResult]) -> tuple[dict[str, float], dict[str, int]]:
+    """Mean retrieval metrics over judged questions, answer hit rate and abstention figures."""
+    judged = [r for r in results if r.metrics]
+    metrics = mean_metrics(r.metrics for r in judged)
+    checked = [r for r in results if r.answer_hit is not None]
+    if checked:
+        metrics["answer_hit_rate"] = sum(bool(r.answer_hit) for r in checked) / len(checked)
+    metrics["abstention_rate"] = sum(r.abstained for r in results) / max(len(results), 1)
+    unanswerable = [r for r in results if r.unanswerable]
+    if unanswerable:
+        abstained = [r for r in results if r.abstained]
+        correct = sum(r.unanswerable for r in abstained)
+        metrics["abstention_precision"] = correct / len(abstained) if abstained else 0.0
+        metrics["abstention_recall"] = correct / len(unanswerable)
+    counts = {
+        "questions": len(results),
+        "judged": len(judged),
+        "answer_checked": len(checked),
+        "unanswerable": len(unanswerable),
+    }
+    return metrics, counts
+
+
+def _top_scores(results: Sequence[QuestionResult]) -> dict[str, list[float]]:
+    scores: dict[str, list[float]] = {"answerable": [], "unanswerable": []}
+    for r in results:
+        if r.top_score is not None:
+            scores["unanswerable" if r.unanswerable else "answerable"].append(r.top_score)
+    return scores
+
+
+def _result(
+    question: Question,
+    timed: TimedAnswer,
+    retrieved: list[str],
+    scores: list[float],
+    qrels: dict[str, int],
+) -> QuestionResult:
+    answer: Answer = timed.answer
+    text = answer.answer_text
+    answer_hit = None
+    if question.answers:
+        answer_hit = text is not None and contains_answer(text, question.answers)
+    return QuestionResult(
+        id=question.id,
+        question=question.text,
+        retrieved=retrieved[:KEEP_RETRIEVED],
+        scores=[round(s, 6) for s in scores[:KEEP_RETRIEVED]],
+        relevant=len(qrels),
+        first_relevant_rank=first_relevant_rank(retrieved, qrels),
+        top_score=answer.passages[0].hit.score if answer.passages else None,
+        unanswerable=question.unanswerable,
+        abstained=not answer.answerable,
+        answer=text,
+        answer_hit=answer_hit,
+        took_ms=timed.took_ms,
+        metrics=query_metrics(retrieved, qrels) if qrels else {},
+    )
+
+
+def _relevant(question: Question, passage: Passage, text: str | None = None) -> bool:
+    """Contains a gold answer (`text`: the passage's normalized text, if known) or, for a
+    question without answers, comes from one of its documents."""
+    if question.unanswerable:
+        return False
+    if question.answers:
+        norm = normalize(passage.text) if text is None else text
+        return any(a and a in norm for a in (normalize(x) for x in question.answers))
+    return passage.document_id in question.documents
+
+
+def passage_qrels(
+    question: Question, index: IndexData, retrieved: Sequence[Passage], texts: Sequence[str]
+) -> dict[str, int]:
+    """Relevant passages for a question-set entry (binary grades), by id.
+
+    Retrieval may merge overlapping windows into one passage; such a passage is judged on its
+    own text, and the windows it covers no longer count separately, so a perfect ranking still
+    reaches recall 1. `texts` are the index passages' normalized texts, in index order.
+    """
+    hits = [p for p in retrieved if _relevant(question, p)]
+    qrels = {p.id: 1 for p in hits}
+    for passage, text in zip(index.passages, texts, strict=True):
+        if _relevant(question, passage, text) and not any(
+            h.document_id == passage.document_id and h.start < passage.end and passage.start < h.end
+            for h in hits
+        ):
+            qrels[passage.id] = 1
+    return qrels
+
+
+def evaluate_question_set(
+    question_set: QuestionSet,
+    service: QAService,
+    options: EvalOptions | None = None,
+    progress: ProgressFactory | None = None,
+) -> EvalReport:
+    """Ask every question of the set against the service's index; judge each passage."""
+    options = options or EvalOptions()
+    index = service.index
+    top_k = options.top_k or min(QUESTION_SET_DEPTH, len(index.passages))
+    questions = question_set.questions
+    timed, seconds = _ask_all(service, questions, top_k, options, progress)
+    results: list[QuestionResult] = []
+    notes: list[str] = []
+    texts = [normalize(p.text) for p in index.passages]
+    for question, answer in zip(questions, timed, strict=True):
+        hits = [rp.hit for rp in answer.answer.passages]
+        qrels = passage_qrels(question, index, [h.passage for h in hits], texts)
+        if not qrels and not question.unanswerable:
+            notes.append(
+                f"{question.id}: no passage of the corpus contains its answer or comes from its "
+                "documents; left out of the retrieval metrics"
+            )
+        results.append(
+            _result(question, answer, [h.passage.id for h in hits], [h.score for h in hits], qrels)
+        )
+    metrics, counts = _summary(results)
+    counts |= {"documents": len(index.documents), "passages": len(index.passages)}
+    return EvalReport(
+        dataset=question_set.name,
+        kind="question-set",
+        settings={
+            "model": service.encoder.name,
+            **index.manifest.passage_settings,
+            "top_k": top_k,
+            "mode": options.ask_options.get("mode", service.mode),
+            "min_score": service.threshold(options.ask_options.get("mode"))
+            if options.min_score is None
+            else options.min_score,
+            "level": "passage",
+            **_other_options(options),
+            "question_batch": options.batch_size,
+        },
+        counts=counts,
+        metrics=metrics,
+        latency=_latency(results, seconds),
+        top_scores=_top_scores(results),
+        notes=notes,
+        per_question=results,
+    )
+
+
+def cache_key(benchmark: Benchmark, encoder: Encoder, splitter: Splitter, sentences: bool) -> str:
+    """Changes with the corpus (file and the document texts made from it), model and splitting."""
+    digest = hashlib.sha256()
+    digest.update(
+        json.dumps(
+            [benchmark.fingerprint, encoder.name, passage_settings(splitter), sentences],
+            sort_keys=True,
+        ).encode()
+    )
+    for document in benchmark.documents:
+        digest.update(document.id.encode() + b"\0" + document.text.encode() + b"\0")
+    return digest.hexdigest()[:20]
+
+
+def benchmark_index(
+    benchmark: Benchmark,
+    encoder: Encoder,
+    splitter: Splitter,
+    cache_dir: Path | None,
+    sentence_vectors: bool,
+    batch_size: int = 32,
+    progress: ProgressFactory | None = None,
+) -> tuple[IndexData, bool]:
+    """The benchmark's index from the cache, or built (and cached); True when it was cached."""
+    folder = (
+        cache_dir / cache_key(benchmark, encoder, splitter, sentence_vectors) if cache_dir else None
+    )
+    if folder is not None:
+        try:
+            return load_index(folder), True
+        except IndexNotFoundError:
+            pass
+        except IndexCorruptError as exc:
+            logger.warning("rebuilding the cached benchmark index: %s", exc)
+    data = index_documents(
+        benchmark.documents, encoder, splitter, benchmark.fingerprint, batch_size, progress,
+        sentence_vectors=sentence_vectors,
+    )  # fmt: skip
+    if folder is not None:
+        save_index(folder, data)
+    return data, False
+
+
+def evaluate_benchmark(
+    benchmark: Benchmark,
+    encoder: Encoder,
+    splitter: Splitter,
+    cache_dir: Path | None,
+    options: EvalOptions | None = None,
+    progress: ProgressFactory | None = None,
+    encode_batch_size: int = 32,
+) -> EvalReport:
+    """Index the benchmark corpus like the service would, ask every query, rank documents."""
+    options = options or EvalOptions()
+    # Answer sentences are only checked when the questions carry answer texts (SQuAD).
+    sentences = any(q.answers for q in benchmark.questions)
+    started = time.perf_counter()
+    index, cached = benchmark_index(
+        benchmark, encoder, splitter, cache_dir, sentences, encode_batch_size, progress
+    )
+    index_seconds = time.perf_counter() - started
+    passages_per_document = len(index.passages) / max(len(index.documents), 1)
+    # Passages of one document crowd the top, so go deep enough to rank DOCUMENT_DEPTH documents.
+    top_k = options.top_k or min(
+        len(index.passages), round(DOCUMENT_DEPTH * max(passages_per_document, 1.0)) + 100
+    )
+    service = QAService(encoder, index, options.min_score, top_k, dense_weight=options.dense_weight)
+    questions = benchmark.questions
+    timed, seconds = _ask_all(service, questions, top_k, options, progress)
+    results = []
+    for question, answer in zip(questions, timed, strict=True):
+        documents: dict[str, float] = {}
+        for rp in answer.answer.passages:
+            documents.setdefault(rp.hit.passage.document_id, rp.hit.score)
+        retrieved = list(documents)[:DOCUMENT_DEPTH]
+        scores = [documents[d] for d in retrieved]
+        results.append(_result(question, answer, retrieved, scores, benchmark.qrels[question.id]))
+    metrics, counts = _summary(results)
+    counts |= {"documents": len(index.documents), "passages": len(index.passages)}
+    short = sum(1 for r in results if len(r.retrieved) < min(DOCUMENT_DEPTH, len(index.documents)))
+    notes = []
+    if short:
+        notes.append(
+            f"{short} questions ranked fewer than {DOCUMENT_DEPTH} documents at top_k={top_k}; "
+            "raise --top-k for exact map@100/recall@100"
+        )
+    return EvalReport(
+        dataset=benchmark.name,
+        kind="benchmark",
+        settings={
+            "model": encoder.name,
+            **passage_settings(splitter),
+            "split": benchmark.split,
+            "top_k": top_k,
+            "mode": options.ask_options.get("mode", service.mode),
+            "min_score": service.threshold(options.ask_options.get("mode")),
+            "level": "document",
+            **_other_options(options),
+            "question_batch": options.batch_size,
+            "index_cached": cached,
+            "index_seconds": round(index_seconds, 1),
+            **benchmark.info,
+        },
+        counts=counts,
+        metrics=metrics,
+        latency=_latency(results, seconds),
+        top_scores=_top_scores(results),
+        notes=notes,
+        per_question=results,
+    )
