@@ -101,6 +101,9 @@ def main() -> None:
         process, url = start_server(settings.corpus_dir, settings.index_dir)
     http_ms: dict[str, list[float]] = {"hybrid": [], "dense": []}
     bare_ms: list[float] = []
+    # All questions per round: one /v1/ask/batch call against one /v1/ask call each.
+    batch_ms: list[float] = []
+    sequential_ms: list[float] = []
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
             for q in questions[:3]:  # warm both paths
@@ -117,6 +120,10 @@ def main() -> None:
                     vector = model.encode([q], normalize_embeddings=True, convert_to_numpy=True)
                     flat.search(vector, 5)
                     bare_ms.append((time.perf_counter() - t0) * 1000)
+                sequential_ms.append(sum(http_ms["hybrid"][-len(questions) :]))
+                t0 = time.perf_counter()
+                client.post("/v1/ask/batch", json={"questions": questions}).raise_for_status()
+                batch_ms.append((time.perf_counter() - t0) * 1000)
     finally:
         if process is not None:
             process.terminate()
@@ -132,6 +139,14 @@ def main() -> None:
         print(f"ratio of medians, HTTP {mode} / bare: {statistics.median(timings) / bare:.2f}")
     hybrid_vs_dense = statistics.median(http_ms["hybrid"]) / statistics.median(http_ms["dense"])
     print(f"ratio of medians, hybrid / dense over HTTP: {hybrid_vs_dense:.2f}")
+    n = len(questions)
+    per_batch = statistics.median(batch_ms) / n
+    per_single = statistics.median(sequential_ms) / n
+    print(
+        f"{n} questions: one /v1/ask/batch call {statistics.median(batch_ms):.1f} ms "
+        f"({per_batch:.2f} ms/question) vs {n} /v1/ask calls {statistics.median(sequential_ms):.1f}"
+        f" ms ({per_single:.2f} ms/question): batch is {per_single / per_batch:.1f}x faster"
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any
 
 from embeddings import Encoder
 from qa_service.answering import Answer
-from qa_service.chunking import Passage, Splitter
+from qa_service.chunking import Passage, Splitter, WholeDocumentSplitter
 from qa_service.errors import IndexCorruptError, IndexNotFoundError
 from qa_service.evaluation.datasets import Benchmark, Question, QuestionSet
 from qa_service.evaluation.metrics import first_relevant_rank, mean_metrics, query_metrics
@@ -136,6 +136,12 @@ def _summary(results: Sequence[QuestionResult]) -> tuple[dict[str, float], dict[
     checked = [r for r in results if r.answer_hit is not None]
     if checked:
         metrics["answer_hit_rate"] = sum(bool(r.answer_hit) for r in checked) / len(checked)
+        # The answer sentence's own precision: among questions whose first result is relevant.
+        first = [r for r in checked if r.first_relevant_rank == 1]
+        if first:
+            metrics["answer_hit_rate_at_rank1"] = sum(bool(r.answer_hit) for r in first) / len(
+                first
+            )
     metrics["abstention_rate"] = sum(r.abstained for r in results) / max(len(results), 1)
     unanswerable = [r for r in results if r.unanswerable]
     if unanswerable:
@@ -326,8 +332,9 @@ def evaluate_benchmark(
 ) -> EvalReport:
     """Index the benchmark corpus like the service would, ask every query, rank documents."""
     options = options or EvalOptions()
-    # Answer sentences are only checked when the questions carry answer texts (SQuAD).
-    sentences = any(q.answers for q in benchmark.questions)
+    # Sentence vectors serve ranking (sentence evidence) and answer sentences, as in the service;
+    # the whole-document protocol reproduces MTEB's plain dense retrieval, so it goes without.
+    sentences = not isinstance(splitter, WholeDocumentSplitter)
     started = time.perf_counter()
     index, cached = benchmark_index(
         benchmark, encoder, splitter, cache_dir, sentences, encode_batch_size, progress
