@@ -16,7 +16,7 @@ from embeddings import Encoder, VectorIndex
 from qa_service.chunking import ChunkedDocument, Splitter
 from qa_service.documents import Document, SkippedFile, load_corpus
 from qa_service.lexical import LexicalIndex
-from qa_service.store import IndexData, Manifest, new_manifest, save_index
+from qa_service.store import IndexData, Manifest, file_sha256, new_manifest, save_index
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def corpus_fingerprint(corpus_dir: Path) -> str:
         if any(part.startswith(".") for part in Path(relative).parts):
             continue
         digest.update(relative.encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        digest.update(file_sha256(path).encode())
     return digest.hexdigest()
 
 

@@ -87,7 +87,8 @@ class IndexData:
         return range(offset + passage.first_unit, offset + passage.last_unit)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in blocks so that large files need little memory."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -148,7 +149,7 @@ def save_index(index_dir: Path, data: IndexData) -> Path:
     data.lexical.save(staging / _LEXICAL)
 
     files = {
-        path.relative_to(staging).as_posix(): _sha256(path)
+        path.relative_to(staging).as_posix(): file_sha256(path)
         for path in sorted(staging.rglob("*"))
         if path.is_file()
     }
@@ -204,7 +205,7 @@ def load_index(index_dir: Path) -> IndexData:
         )
     for name, expected in manifest.files.items():
         path = folder / name
-        if not path.exists() or _sha256(path) != expected:
+        if not path.exists() or file_sha256(path) != expected:
             raise IndexCorruptError(f"{path} is missing or does not match its checksum")
     try:
         documents: dict[str, Document] = {}

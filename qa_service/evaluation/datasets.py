@@ -6,7 +6,6 @@ rather than a traceback from deep inside the run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qa_service.documents import Document
+from qa_service.store import file_sha256
 
 BEIR_FILES = ("corpus.jsonl", "queries.jsonl")
 
@@ -53,14 +53,6 @@ class Benchmark:
     fingerprint: str
     split: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -189,7 +181,7 @@ def load_beir(folder: Path, split: str = "test", joiner: str = " ") -> Benchmark
         raise EvaluationDataError(f"{qrels_path}: no query has a relevant document")
     return Benchmark(
         name=folder.name, documents=documents, questions=questions, qrels=qrels,
-        fingerprint=_sha256(corpus_path), split=split,
+        fingerprint=file_sha256(corpus_path), split=split,
     )  # fmt: skip
 
 
@@ -251,7 +243,7 @@ def load_squad(path: Path) -> Benchmark:
         raise EvaluationDataError(f"{path}: no questions")
     return Benchmark(
         name=path.stem, documents=documents, questions=questions, qrels=qrels,
-        fingerprint=_sha256(path), info={"format": f"SQuAD {data.get('version', '?')}"},
+        fingerprint=file_sha256(path), info={"format": f"SQuAD {data.get('version', '?')}"},
     )  # fmt: skip
 
 
