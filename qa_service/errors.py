@@ -23,6 +23,9 @@ class IndexNotFoundError(QAError, FileNotFoundError):
 class IndexCorruptError(QAError):
     """The index on disk is damaged or unreadable; `qa index` rebuilds it."""
 
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"{detail}. Rebuild the index with `qa index`.")
+
 
 class IndexStaleError(QAError):
     """The index was built from another corpus, model or passage settings."""
