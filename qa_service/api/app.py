@@ -48,7 +48,6 @@ def create_app(settings: Settings | None = None, service: QAService | None = Non
         summary="Answers questions with the best-matching passages, each with an exact citation.",
         lifespan=lifespan,
     )
-    app.state.settings = settings
     app.state.service = service
     app.state.shutting_down = False
     install_error_handlers(app)

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from qa_service.config import Settings
 from qa_service.errors import ServiceNotReadyError
 from qa_service.service import QAService
 
@@ -18,10 +17,4 @@ def get_service(request: Request) -> QAService:
     return service
 
 
-def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 ServiceDep = Annotated[QAService, Depends(get_service)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
