@@ -82,8 +82,8 @@ def index_documents(
 ) -> IndexData:
     """Split and encode documents into an in-memory index (nothing is written).
 
-    Sentence vectors serve answer-sentence selection; retrieval-only benchmarks skip them,
-    which halves the encoding work.
+    Sentence vectors serve ranking (a passage scores as well as its best sentence) and the
+    answer sentence; only the whole-document benchmark protocol (plain dense, as MTEB) skips them.
     """
     chunked: list[ChunkedDocument] = [splitter.split(d) for d in documents]
     passages = [p for c in chunked for p in c.passages]
