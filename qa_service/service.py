@@ -115,8 +115,10 @@ class QAService:
         min_score: float | None = None,
         mode: Mode | None = None,
         filters: Filters | None = None,
+        query: str | None = None,
     ) -> TimedAnswer:
-        return self.ask_many([question], top_k, min_score, mode, filters)[0]
+        queries = None if query is None or query == question else [query]
+        return self.ask_many([question], top_k, min_score, mode, filters, queries)[0]
 
     def ask_many(
         self,
@@ -125,13 +127,25 @@ class QAService:
         min_score: float | None = None,
         mode: Mode | None = None,
         filters: Filters | None = None,
+        queries: Sequence[str] | None = None,
     ) -> list[TimedAnswer]:
-        """Answer several questions with one model call; `took_ms` is each one's share."""
+        """Answer several questions with one model call; `took_ms` is each one's share.
+
+        `queries`, when given, is what to search for each question (a follow-up together with
+        the questions before it); the answer sentence is still chosen for the question itself.
+        """
         started = time.perf_counter()
         mode = mode or self.mode
         threshold = self.threshold(mode) if min_score is None else min_score
-        vectors = self.encoder.encode_queries(questions)
-        hits = self._retriever.retrieve(questions, vectors, top_k or self.top_k, mode, filters)
+        if queries is None:
+            queries = questions
+            vectors = query_vectors = self.encoder.encode_queries(questions)
+        else:
+            if len(queries) != len(questions):
+                raise ValueError("one query per question")
+            both = self.encoder.encode_queries([*questions, *queries])
+            vectors, query_vectors = both[: len(questions)], both[len(questions) :]
+        hits = self._retriever.retrieve(queries, query_vectors, top_k or self.top_k, mode, filters)
         answers = [
             self._answers.build(q, v, h, threshold)
             for q, v, h in zip(questions, vectors, hits, strict=True)
