@@ -5,15 +5,19 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from qa_service.answering import Answer
+from qa_service.conversation import Role, Turn
 from qa_service.documents import Document
 from qa_service.retrieval import Filters, Mode
 
 MAX_QUESTION_CHARS = 2000
 MAX_TOP_K = 50
 MAX_BATCH = 256
+MAX_MESSAGES = 50
+# Assistant turns echo answers back, which may be longer than a question.
+MAX_ASSISTANT_CHARS = 8000
 
 
 def _not_blank(value: str) -> str:
@@ -92,6 +96,58 @@ class BatchRequest(RetrievalOptions):
     )
 
     questions: list[Question] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    content: str = Field(min_length=1, max_length=MAX_ASSISTANT_CHARS)
+
+    @model_validator(mode="after")
+    def _user_message_is_a_question(self) -> Self:
+        if self.role == "user":
+            if len(self.content) > MAX_QUESTION_CHARS:
+                raise ValueError(f"a user message holds at most {MAX_QUESTION_CHARS} characters")
+            _not_blank(self.content)
+        return self
+
+
+class ChatRequest(RetrievalOptions):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "messages": [
+                        {"role": "user", "content": "Where was the Second Country Workshop held?"},
+                        {"role": "assistant", "content": "It was held in Bjelasnica, BiH."},
+                        {"role": "user", "content": "How many people attended it?"},
+                    ],
+                    "top_k": 5,
+                }
+            ]
+        },
+    )
+
+    messages: list[Message] = Field(
+        min_length=1,
+        max_length=MAX_MESSAGES,
+        description="The conversation so far, oldest first; the last message is the question.",
+    )
+    stream: bool = Field(
+        False,
+        description="Answer as Server-Sent Events (also chosen by `Accept: text/event-stream`).",
+    )
+
+    @model_validator(mode="after")
+    def _ends_with_a_question(self) -> Self:
+        if self.messages[-1].role != "user":
+            raise ValueError("the last message must come from the user: it is the question")
+        return self
+
+    def turns(self) -> list[Turn]:
+        return [Turn(m.role, m.content) for m in self.messages]
 
 
 class Span(BaseModel):
@@ -193,6 +249,26 @@ class AskResponse(BaseModel):
             passages=passages,
             took_ms=round(took_ms, 3),
         )
+
+
+class ChatResponse(AskResponse):
+    query: str = Field(
+        description="What was searched: the question, preceded by the earlier ones it refers "
+        "back to when it is a follow-up."
+    )
+
+
+class QueryEvent(BaseModel):
+    """The first event of a streamed chat response."""
+
+    query: str
+
+
+class AnswerEvent(BaseModel):
+    """The event of a streamed chat response that follows the passages."""
+
+    answerable: bool
+    answer: AnswerSentence | None
 
 
 class DocumentSummary(BaseModel):

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.sse import EventSourceResponse, format_sse_event
+from pydantic import BaseModel
+
+from qa_service.api.deps import ServiceDep
+from qa_service.api.routes.ask import NOT_READY
+from qa_service.api.schemas import (
+    AnswerEvent,
+    AskResponse,
+    ChatRequest,
+    ChatResponse,
+    QueryEvent,
+)
+from qa_service.conversation import retrieval_query
+
+router = APIRouter(prefix="/v1", tags=["chat"])
+
+STREAM_DESCRIPTION = (
+    "With `stream: true` or `Accept: text/event-stream`: Server-Sent Events `query` "
+    '(`{"query": str}`), one `passage` per passage in rank order (as in `passages`), `answer` '
+    '(`{"answerable", "answer"}`), then `done` with the whole response.'
+)
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    **NOT_READY,
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+          "description": STREAM_DESCRIPTION},
+}  # fmt: skip
+
+
+@router.post("/chat", response_model=ChatResponse, responses=RESPONSES)
+def chat(
+    body: ChatRequest, request: Request, service: ServiceDep
+) -> ChatResponse | EventSourceResponse:
+    """Answer the last user message in the context of the conversation.
+
+    A follow-up ("How many people attended it?") is searched together with the earlier
+    questions it refers to; `query` shows what was searched.
+    """
+    question = body.messages[-1].content
+    query = retrieval_query(body.turns())
+    filters = body.filters.to_filters() if body.filters else None
+    timed = service.ask(question, body.top_k, body.min_score, body.mode, filters, query=query)
+    response = AskResponse.from_answer(timed.answer, service.index.documents, timed.took_ms)
+    result = ChatResponse(**dict(response), query=query)
+    if body.stream or "text/event-stream" in request.headers.get("accept", ""):
+        # The answer is complete before the first event is sent, so an error is still a plain
+        # JSON response with its status, never a half-written stream.
+        return EventSourceResponse(
+            _events(result), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+    return result
+
+
+def _event(name: str, data: BaseModel) -> bytes:
+    return format_sse_event(event=name, data_str=data.model_dump_json())
+
+
+def _events(result: ChatResponse) -> Iterator[bytes]:
+    yield _event("query", QueryEvent(query=result.query))
+    for passage in result.passages:
+        yield _event("passage", passage)
+    yield _event("answer", AnswerEvent(answerable=result.answerable, answer=result.answer))
+    yield _event("done", result)
