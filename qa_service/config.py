@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from embeddings.encoder import DEFAULT_MODEL
 from qa_service.retrieval import DENSE_WEIGHT, Mode
@@ -22,6 +24,11 @@ class Settings(BaseSettings):
     top_k: int = Field(5, ge=1, le=50, description="Passages returned when a request names none.")
     host: str = Field("127.0.0.1", description="Address `qa serve` binds to.")
     port: int = Field(8000, ge=1, le=65535)
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Web origins whose pages may call the API from a browser, as a JSON list or "
+        "comma-separated (`https://a.example,https://b.example`); none by default.",
+    )
 
     # Passage splitting, in the model's word pieces; the model's own input limit caps the size.
     passage_tokens: int = Field(96, ge=16, description="Target passage length in word pieces.")
@@ -49,3 +56,26 @@ class Settings(BaseSettings):
         description="Rebuild at start-up when the index was built from another corpus, model "
         "or passage settings; if false, refuse to start instead.",
     )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_are_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and (
+                not origin.startswith(("http://", "https://")) or origin.rstrip("/").count("/") > 2
+            ):
+                raise ValueError(
+                    f"{origin!r} is not a web origin: write scheme, host and port only, "
+                    "as in https://example.org or http://localhost:3000"
+                )
+        return [origin.rstrip("/") for origin in origins]

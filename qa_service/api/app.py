@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from qa_service.api.errors import install_error_handlers
-from qa_service.api.routes import ask, documents, health
+from qa_service.api.routes import ask, chat, documents, health, pages
 from qa_service.config import Settings
 from qa_service.service import QAService
 
@@ -53,5 +54,18 @@ def create_app(settings: Settings | None = None, service: QAService | None = Non
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(ask.router)
+    app.include_router(chat.router)
     app.include_router(documents.router)
+    app.include_router(pages.router)
+    app.mount("/static", pages.StaticAssets(directory=pages.STATIC_DIR), name="static")
+    if settings.cors_origins:
+        # Closed unless configured: a browser page on any other origin is refused.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "Authorization"],
+            expose_headers=["Retry-After"],
+            max_age=600,
+        )
     return app

@@ -180,7 +180,10 @@ class PassageOut(BaseModel):
     title: str | None
     source: str | None
     chunk_id: str
-    start: int = Field(description="Offset of the passage in the document's text.")
+    start: int = Field(
+        description="Offset of the passage in the document's text, in Unicode code points (as "
+        "Python indexes strings; JavaScript counts UTF-16 units, which differ after U+FFFF)."
+    )
     end: int = Field(description="`document.text[start:end] == text`.")
     page: int | None = Field(description="1-based page for paged formats (PDF), else null.")
     highlight: Span | None = Field(
