@@ -2,5 +2,12 @@
 # Install everything the tests need, then run the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The browser tests drive Debian's chromium; Playwright's own browser download fails offline.
+if ! command -v chromium >/dev/null; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
 python -m pip install --quiet --upgrade-strategy only-if-needed -e '.[test]'
 python -m pytest "$@"

@@ -1,0 +1,153 @@
+"""The chat page, the document view and the widget, driven in Debian's chromium by Playwright.
+
+Every wait is for an element or a state, never a fixed sleep. Screenshots go to
+`test-artifacts/browser/` (or `$QA_TEST_ARTIFACTS`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.qa_service.conftest import Site
+
+ROOT = Path(__file__).resolve().parents[3]
+ARTIFACTS = Path(os.environ.get("QA_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "browser"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run", "--disable-sync"]  # fmt: skip
+TIMEOUT_MS = 60_000  # an answer takes ~50 ms; the margin is for a loaded CI machine
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("Debian's chromium is not installed: scripts/test.sh installs it with apt")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"{request.node.name}.png", full_page=True)
+    context.close()
+    assert not errors, f"script errors on the page: {errors}"
+
+
+def ask(page: Page, question: str) -> None:
+    """Type a question and send it with the keyboard, then wait for the reply."""
+    replies = page.locator("#messages .message.assistant")
+    before = replies.count()
+    page.locator("#question").fill(question)
+    page.locator("#question").press("Enter")
+    expect(replies).to_have_count(before + 1)
+    expect(page.locator("#send")).to_be_enabled()
+
+
+def test_a_question_gets_a_cited_answer(page: Page, server: str) -> None:
+    page.goto(server + "/")
+    ask(page, "Which bodies supported the first joint investigation team?")
+    reply = page.locator(".message.assistant").last
+    expect(reply.locator("p.answer")).to_contain_text("supported by UNODC and Eurojust")
+    expect(reply.locator("a.citation").first).to_have_text("[1]")
+    expect(reply.locator("li.passage, .passage[data-rank]")).to_have_count(5)
+
+
+def test_a_citation_opens_the_passage_and_the_document_view(page: Page, server: str) -> None:
+    page.goto(server + "/")
+    ask(page, "Which bodies supported the first joint investigation team?")
+    reply = page.locator(".message.assistant").last
+    answer = reply.locator("p.answer")
+    citation = reply.locator("a.citation").first
+    rank = citation.get_attribute("data-rank")
+    citation.click()
+    passage = reply.locator(f".passage[data-rank='{rank}']")
+    mark = passage.locator("mark")
+    expect(mark).to_be_visible()
+    sentence = mark.inner_text().strip()
+    assert sentence and sentence in answer.inner_text()
+
+    passage.locator("a.source-link").click()
+    page.wait_for_url("**/document?**")
+    cited = page.locator("#cited")
+    expect(cited).to_be_visible()
+    expect(cited).to_be_in_viewport()
+    assert cited.inner_text().strip() == sentence
+    expect(page.locator("#document-text")).to_contain_text("Second Country Workshop")
+
+
+def test_a_follow_up_is_answered_in_context(page: Page, server: str) -> None:
+    page.goto(server + "/")
+    ask(page, "Where was the Second Country Workshop held?")
+    ask(page, "How many people attended it?")
+    reply = page.locator(".message.assistant").last
+    expect(reply.locator("p.query")).to_contain_text("Second Country Workshop")
+    expect(reply.locator(".passage").filter(has_text="The 29 participants")).not_to_have_count(0)
+
+
+def test_the_page_says_plainly_when_it_has_no_answer(page: Page, server: str) -> None:
+    page.goto(server + "/")
+    ask(page, "Who won the Nobel Prize in Physics in 1921?")
+    reply = page.locator(".message.assistant").last
+    expect(reply.locator("p.abstained")).to_be_visible()
+    expect(reply.locator("p.answer")).to_have_count(0)
+    expect(reply.locator(".passage[data-rank]")).to_have_count(5)
+
+
+def test_the_page_fits_a_phone(browser: Browser, server: str) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
+                                  has_touch=True)  # fmt: skip
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.goto(server + "/")
+    ask(page, "What is GRETA?")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page scrolls sideways on a phone ({width}px wide)"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "phone.png", full_page=True)
+    context.close()
+
+
+def test_the_widget_works_from_an_allowed_origin(
+    page: Page, server: str, partner_site: Site
+) -> None:
+    page.goto(partner_site.allowed_origin + "/index.html")
+    page.locator("button.qa-launcher").click()
+    page.locator("textarea.qa-input").fill("What is GRETA?")
+    page.locator("button.qa-send").click()
+    expect(page.locator(".qa-answer")).to_contain_text("GRETA")
+    document_link = re.compile(f"^{re.escape(server)}/document")
+    expect(page.locator(".qa-citation").first).to_have_attribute("href", document_link)
+    expect(page.locator(".qa-error")).to_have_count(0)
+
+
+def test_the_widget_is_refused_from_another_origin(
+    page: Page, server: str, partner_site: Site
+) -> None:
+    refused: list[str] = []
+    page.on("console", lambda message: refused.append(message.text))
+    page.goto(partner_site.refused_origin + "/index.html")
+    page.locator("button.qa-launcher").click()
+    page.locator("textarea.qa-input").fill("What is GRETA?")
+    page.locator("button.qa-send").click()
+    expect(page.locator(".qa-error")).to_be_visible()
+    expect(page.locator(".qa-answer")).to_have_count(0)
+    # The browser, not the page, refused it: CORS says so in the console.
+    assert any("CORS" in text for text in refused), refused
