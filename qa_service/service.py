@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from embeddings import Encoder, load_encoder
+from embeddings.batching import QueryBatcher
 from qa_service.answering import Answer, AnswerBuilder, min_score_for
 from qa_service.chunking import PassageSplitter
 from qa_service.config import Settings
@@ -79,9 +80,13 @@ class QAService:
             )
         self.encoder = encoder
         self.index = index
+        # Seconds it took `from_settings` to load the model and the index ("model", "index").
+        self.load_seconds: dict[str, float] = {}
         self.top_k = top_k
         self.mode: Mode = mode
         self._min_score = min_score
+        # Concurrent requests share model calls (embeddings/batching.py).
+        self._queries = QueryBatcher(encoder.encode_queries)
         self._retriever = Retriever(index, dense_weight)
         self._answers = AnswerBuilder(index)
 
@@ -92,11 +97,17 @@ class QAService:
         encoder: Encoder | None = None,
         progress: ProgressFactory | None = None,
     ) -> QAService:
-        encoder = encoder or load_encoder(settings.model)
-        index = ensure_index(settings, encoder, progress)
-        return cls(
-            encoder, index, settings.min_score, settings.top_k, settings.mode, settings.dense_weight
+        started = time.perf_counter()
+        loaded = encoder or load_encoder(settings.model)
+        model_seconds = time.perf_counter() - started
+        index = ensure_index(settings, loaded, progress)
+        service = cls(
+            loaded, index, settings.min_score, settings.top_k, settings.mode, settings.dense_weight
         )
+        if encoder is None:
+            service.load_seconds["model"] = model_seconds
+        service.load_seconds["index"] = time.perf_counter() - started - model_seconds
+        return service
 
     @property
     def min_score(self) -> float:
@@ -139,11 +150,11 @@ class QAService:
         threshold = self.threshold(mode) if min_score is None else min_score
         if queries is None:
             queries = questions
-            vectors = query_vectors = self.encoder.encode_queries(questions)
+            vectors = query_vectors = self._queries.encode(questions)
         else:
             if len(queries) != len(questions):
                 raise ValueError("one query per question")
-            both = self.encoder.encode_queries([*questions, *queries])
+            both = self._queries.encode([*questions, *queries])
             vectors, query_vectors = both[: len(questions)], both[len(questions) :]
         hits = self._retriever.retrieve(queries, query_vectors, top_k or self.top_k, mode, filters)
         answers = [

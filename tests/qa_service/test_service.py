@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from qa_service.service import QAService
@@ -64,3 +65,15 @@ def test_answer_sentence_is_verbatim_and_answers(service: QAService) -> None:
     assert answer.answer_text is not None and "Verena Taylor" in answer.answer_text
     holder = answer.passages[answer.answer_rank - 1]  # type: ignore[operator]
     assert answer.answer_text in holder.hit.passage.text
+
+
+def test_concurrent_questions_get_the_answers_they_would_get_alone(
+    service: QAService, dev_questions: list[dict[str, Any]]
+) -> None:
+    questions = [q["question"] for q in dev_questions][:8] * 2
+    alone = [service.ask(q).answer for q in questions]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda q: service.ask(q).answer, questions))
+    for a, b in zip(alone, together, strict=True):
+        assert a.question == b.question and a.answer_text == b.answer_text
+        assert [p.hit.passage.id for p in a.passages] == [p.hit.passage.id for p in b.passages]
