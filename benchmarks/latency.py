@@ -11,12 +11,7 @@ passage vectors. Also times a full index build of the corpus.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,9 +19,9 @@ from pathlib import Path
 import faiss
 import httpx
 import numpy as np
+from _server import ROOT, SHARED_EVAL, read_questions, start_server
 
-ROOT = Path(__file__).resolve().parents[1]
-QUESTIONS = ROOT.parent / "shared" / "eval" / "seed_dev_questions.jsonl"
+QUESTIONS = SHARED_EVAL / "seed_dev_questions.jsonl"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -38,29 +33,6 @@ def summary(name: str, values_ms: list[float]) -> str:
         f"{name:<38} median {statistics.median(values_ms):7.2f} ms   "
         f"p95 {percentile(values_ms, 95):7.2f} ms   (n={len(values_ms)})"
     )
-
-
-def start_server(corpus: Path, index_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "QA_CORPUS_DIR": str(corpus), "QA_INDEX_DIR": str(index_dir)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "qa_service.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit("server did not become ready")
 
 
 def main() -> None:
@@ -75,7 +47,7 @@ def main() -> None:
     from qa_service.service import make_splitter
     from qa_service.store import load_index
 
-    questions = [json.loads(line)["question"] for line in QUESTIONS.read_text().splitlines()]
+    questions = read_questions(QUESTIONS)
     work = Path(tempfile.mkdtemp(prefix="qa-bench-"))
     settings = Settings(corpus_dir=ROOT / "corpus", index_dir=work / "index")
 

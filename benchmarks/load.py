@@ -1,0 +1,194 @@
+"""Throughput and tail latency under concurrent load, against the bare batched floor.
+
+Starts `qa serve` on the default corpus (or uses --url with --pid), then from this separate
+process drives it over HTTP for a fixed time at each concurrency level with a mix of requests:
+the seed question sets (answerable and unanswerable) as `/v1/ask`, and two-turn conversations as
+`/v1/chat`. Prints per level: requests/s, p50/p95/p99 latency, errors (any non-2xx or transport
+failure; 503s are counted apart as shed load), and the server's resident memory at the start
+and end. In the same run and process it measures the floor: the same questions encoded in
+batches of 64 by the bare model plus an exact FAISS search, in questions/s.
+
+    python benchmarks/load.py [--seconds 30] [--levels 1 4 16 64]
+    python benchmarks/load.py --soak 600 --levels 16      # one long run, memory sampled
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import random
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import httpx
+import numpy as np
+from _server import ROOT, SHARED_EVAL, read_questions, rss_mib, start_server
+
+QUESTION_SETS = [
+    SHARED_EVAL / "seed_dev_questions.jsonl",
+    ROOT / "eval" / "seed_extra_questions.jsonl",
+]
+CONVERSATIONS = [
+    ("Where was the Second Country Workshop held?", "How many people attended it?"),
+    ("What is GRETA?", "What do its reports highlight?"),
+    ("Which workshop established a joint investigation team?", "Who supported it?"),
+]
+CHAT_SHARE = 0.2
+
+
+@dataclass
+class Level:
+    concurrency: int
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    shed: int = 0
+    seconds: float = 0.0
+    rss_start: float = 0.0
+    rss_end: float = 0.0
+    rss_samples: list[tuple[float, float]] = field(default_factory=list)
+
+    def line(self) -> str:
+        lat = self.latencies_ms or [float("nan")]
+        p = np.percentile(lat, [50, 95, 99])
+        return (
+            f"{self.concurrency:>5}  {len(self.latencies_ms) / self.seconds:8.1f}  "
+            f"{p[0]:8.1f} {p[1]:8.1f} {p[2]:8.1f}  {self.errors:6d} {self.shed:6d}  "
+            f"{self.rss_start:8.0f} {self.rss_end:8.0f}"
+        )
+
+
+def request_mix(questions: list[str], seed: int) -> itertools.cycle[tuple[str, dict[str, object]]]:
+    rng = random.Random(seed)
+    mix: list[tuple[str, dict[str, object]]] = []
+    for question in questions:
+        mix.append(("/v1/ask", {"question": question}))
+        if rng.random() < CHAT_SHARE:
+            first, follow_up = rng.choice(CONVERSATIONS)
+            messages = [{"role": "user", "content": first},
+                        {"role": "assistant", "content": "…"},
+                        {"role": "user", "content": follow_up}]  # fmt: skip
+            mix.append(("/v1/chat", {"messages": messages}))
+    rng.shuffle(mix)
+    return itertools.cycle(mix)
+
+
+async def drive(
+    url: str, level: Level, seconds: float, pid: int | None, questions: list[str]
+) -> None:
+    mix = request_mix(questions, seed=level.concurrency)
+    limits = httpx.Limits(max_connections=level.concurrency)
+    deadline = time.monotonic() + seconds
+    if pid is not None:
+        level.rss_start = rss_mib(pid)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while time.monotonic() < deadline:
+            path, body = next(mix)
+            t0 = time.perf_counter()
+            try:
+                response = await client.post(path, json=body)
+            except httpx.HTTPError:
+                level.errors += 1
+                continue
+            if response.status_code == 503:
+                level.shed += 1
+                await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+            elif response.is_success:
+                level.latencies_ms.append((time.perf_counter() - t0) * 1000)
+            else:
+                level.errors += 1
+
+    async def sample_memory() -> None:
+        start = time.monotonic()
+        while pid is not None and time.monotonic() < deadline:
+            level.rss_samples.append((time.monotonic() - start, rss_mib(pid)))
+            await asyncio.sleep(min(30.0, seconds / 10))
+
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        await asyncio.gather(sample_memory(), *(worker(client) for _ in range(level.concurrency)))
+    level.seconds = time.monotonic() - started
+    if pid is not None:
+        level.rss_end = rss_mib(pid)
+
+
+def bare_batched_throughput(index_dir: Path, questions: list[str], seconds: float) -> float:
+    """Questions/s of the bare model encoding batches of 64 plus an exact FAISS search."""
+    from embeddings import load_encoder
+    from qa_service.store import load_index
+
+    encoder = load_encoder()
+    model = encoder._model  # type: ignore[attr-defined]  # the SentenceTransformer itself
+    index = load_index(index_dir)
+    vectors = np.vstack([index.vectors._index.reconstruct(i) for i in range(len(index.passages))])
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(vectors)
+    batch = list(itertools.islice(itertools.cycle(questions), 64))
+    flat.search(model.encode(batch[:4], normalize_embeddings=True), 5)  # warm
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        flat.search(model.encode(batch, normalize_embeddings=True, convert_to_numpy=True), 5)
+        done += len(batch)
+    return done / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30, help="duration of each level")
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--soak", type=float, help="one run of this many seconds per level")
+    parser.add_argument("--url", help="a running server to measure instead of starting one")
+    parser.add_argument("--pid", type=int, help="the running server's process id, for memory")
+    args = parser.parse_args()
+    seconds = args.soak or args.seconds
+    questions = read_questions(*QUESTION_SETS)
+
+    work = Path(tempfile.mkdtemp(prefix="qa-load-"))
+    index_dir = work / "index"
+    process, url, pid = None, args.url, args.pid
+    if url is None:
+        # Headroom above the highest level, so admission control does not shed this benchmark.
+        env = {"QA_MAX_CONCURRENT_REQUESTS": str(max(args.levels) * 2)}
+        process, url = start_server(ROOT / "corpus", index_dir, env)
+        pid = process.pid
+    levels = []
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:  # warm the model and caches
+            for q in questions[:8]:
+                client.post("/v1/ask", json={"question": q}).raise_for_status()
+        for concurrency in args.levels:
+            level = Level(concurrency)
+            asyncio.run(drive(url, level, seconds, pid, questions))
+            levels.append(level)
+            print(f"level {concurrency} done: {len(level.latencies_ms)} requests", flush=True)
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=60)
+    bare = bare_batched_throughput(index_dir, questions, 20) if args.url is None else None
+
+    print(f"\n{len(questions)} questions, {CHAT_SHARE:.0%} of them followed by a /v1/chat turn; "
+          f"{seconds:.0f} s per level")  # fmt: skip
+    print(" conc.    req/s    p50 ms   p95 ms   p99 ms  errors   shed  RSS MiB start / end")
+    for level in levels:
+        print(level.line())
+    if bare is not None:
+        print(f"\nbare batched encode + FAISS search (batches of 64): {bare:.1f} questions/s")
+        for level in levels:
+            rate = len(level.latencies_ms) / level.seconds
+            print(f"concurrency {level.concurrency:>3}: {rate / bare:.2f}x the bare throughput")
+    if args.soak:
+        for level in levels:
+            samples = ", ".join(f"{t:.0f}s {m:.0f}" for t, m in level.rss_samples)
+            print(f"memory (MiB) during the {level.concurrency}-client soak: {samples}")
+            p50s = statistics.median(level.latencies_ms) if level.latencies_ms else float("nan")
+            print(f"median latency {p50s:.1f} ms over {len(level.latencies_ms)} requests")
+
+
+if __name__ == "__main__":
+    main()
