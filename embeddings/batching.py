@@ -60,7 +60,8 @@ class QueryBatcher:
     def _take(self) -> list[_Request]:
         """The oldest queued requests, up to `max_batch` texts (always at least one request)."""
         with self._queue_lock:
-            batch, size = [], 0
+            batch: list[_Request] = []
+            size = 0
             while self._queue and (
                 not batch or size + len(self._queue[0].texts) <= self._max_batch
             ):

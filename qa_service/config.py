@@ -57,6 +57,27 @@ class Settings(BaseSettings):
         "or passage settings; if false, refuse to start instead.",
     )
 
+    # Limits and operations (qa_service/api/middleware.py).
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="Largest request body a JSON endpoint accepts; larger bodies get 413 before "
+        "they are read.",
+    )
+    max_concurrent_requests: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="Question requests (/v1/ask, /v1/ask/batch, /v1/chat) served at once; more "
+        "get 503 with Retry-After at once instead of queueing.",
+    )
+    log_questions: bool = Field(
+        False,
+        description="Log the text of each question (sensitive: off by default).",
+    )
+    log_json: bool = Field(False, description="`qa serve` logs one JSON object per line.")
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:

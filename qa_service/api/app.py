@@ -10,7 +10,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from qa_service.api import metrics
 from qa_service.api.errors import install_error_handlers
+from qa_service.api.middleware import (
+    AdmissionLimiter,
+    AdmissionMiddleware,
+    BodyLimits,
+    BodySizeLimitMiddleware,
+    RequestContextMiddleware,
+)
 from qa_service.api.routes import ask, chat, documents, health, pages
 from qa_service.config import Settings
 from qa_service.service import QAService
@@ -51,6 +59,9 @@ def create_app(settings: Settings | None = None, service: QAService | None = Non
     )
     app.state.service = service
     app.state.shutting_down = False
+    app.state.log_questions = settings.log_questions
+    app.state.admission = limiter = AdmissionLimiter(settings.max_concurrent_requests)
+    app.state.metrics = metrics.Metrics(lambda: app.state.service, lambda: limiter.in_flight)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(ask.router)
@@ -58,6 +69,13 @@ def create_app(settings: Settings | None = None, service: QAService | None = Non
     app.include_router(documents.router)
     app.include_router(pages.router)
     app.mount("/static", pages.StaticAssets(directory=pages.STATIC_DIR), name="static")
+    app.include_router(metrics.router)
+    # Middleware added later wraps what was added before. The limits sit inside CORS, so that a
+    # browser can read their 413 and 503; the request context is outermost, so that every
+    # response, refusals and CORS preflights included, has a request id and is logged and counted.
+    # An upload endpoint gets its own, larger cap here: BodyLimits(default, {prefix: cap}).
+    app.add_middleware(BodySizeLimitMiddleware, limits=BodyLimits(settings.max_body_bytes))
+    app.add_middleware(AdmissionMiddleware, limiter=limiter)
     if settings.cors_origins:
         # Closed unless configured: a browser page on any other origin is refused.
         app.add_middleware(
@@ -65,7 +83,8 @@ def create_app(settings: Settings | None = None, service: QAService | None = Non
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "Authorization"],
-            expose_headers=["Retry-After"],
+            expose_headers=["Retry-After", "X-Request-ID"],
             max_age=600,
         )
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     return app

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 import typer
@@ -72,18 +71,25 @@ def serve(
     import uvicorn
 
     from qa_service.api import create_app
+    from qa_service.api.middleware import configure_logging
 
     settings = settings_from_flags(
         host=host, port=port, corpus_dir=corpus_dir, index_dir=index_dir, model=model
     )
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(json_lines=settings.log_json)
     service = load_service(settings)
     out.print(
         f"Serving {len(service.index.documents)} documents on http://{settings.host}:{settings.port}"
     )
-    uvicorn.run(create_app(settings, service), host=settings.host, port=settings.port)
+    # The app logs one access line per request, with its request id; uvicorn's own would
+    # duplicate it. log_config=None: uvicorn's loggers go through the root handler set above.
+    uvicorn.run(
+        create_app(settings, service),
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_config=None,
+    )
 
 
 @app.command()

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from qa_service.api.deps import ServiceDep
+from qa_service.api.metrics import record_answers
 from qa_service.api.schemas import (
     AskRequest,
     AskResponse,
@@ -14,25 +15,32 @@ from qa_service.api.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["questions"])
-NOT_READY: dict[int | str, dict[str, Any]] = {
-    503: {"model": ErrorResponse, "description": "Model or index not loaded yet."}
+QUESTION_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "Request body over QA_MAX_BODY_BYTES."},
+    503: {
+        "model": ErrorResponse,
+        "description": "Model or index not loaded yet, or too many questions in flight "
+        "(QA_MAX_CONCURRENT_REQUESTS); retry after `Retry-After` seconds.",
+    }
 }
 
 
-@router.post("/ask", responses=NOT_READY)
-def ask(body: AskRequest, service: ServiceDep) -> AskResponse:
+@router.post("/ask", responses=QUESTION_ERRORS)
+def ask(body: AskRequest, service: ServiceDep, request: Request) -> AskResponse:
     """Answer a question with the best-matching passages, each cited to its exact span."""
     filters = body.filters.to_filters() if body.filters else None
     timed = service.ask(body.question, body.top_k, body.min_score, body.mode, filters)
+    record_answers(request, "/v1/ask", [timed.answer.answerable], body.question)
     return AskResponse.from_answer(timed.answer, service.index.documents, timed.took_ms)
 
 
-@router.post("/ask/batch", responses=NOT_READY)
-def ask_batch(body: BatchRequest, service: ServiceDep) -> BatchResponse:
+@router.post("/ask/batch", responses=QUESTION_ERRORS)
+def ask_batch(body: BatchRequest, service: ServiceDep, request: Request) -> BatchResponse:
     """Answer up to 256 questions in one call; they are encoded together, so it is much faster
     per question than separate calls."""
     filters = body.filters.to_filters() if body.filters else None
     timed = service.ask_many(body.questions, body.top_k, body.min_score, body.mode, filters)
+    record_answers(request, "/v1/ask/batch", [t.answer.answerable for t in timed])
     documents = service.index.documents
     return BatchResponse(
         results=[AskResponse.from_answer(t.answer, documents, t.took_ms) for t in timed]

@@ -8,7 +8,8 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel
 
 from qa_service.api.deps import ServiceDep
-from qa_service.api.routes.ask import NOT_READY
+from qa_service.api.metrics import record_answers
+from qa_service.api.routes.ask import QUESTION_ERRORS
 from qa_service.api.schemas import (
     AnswerEvent,
     AskResponse,
@@ -25,9 +26,18 @@ STREAM_DESCRIPTION = (
     '(`{"query": str}`), one `passage` per passage in rank order (as in `passages`), `answer` '
     '(`{"answerable", "answer"}`), then `done` with the whole response.'
 )
+# One event, as FastAPI documents its own event streams (`itemSchema`): `data` is JSON text.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["query", "passage", "answer", "done"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    **NOT_READY,
-    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+    **QUESTION_ERRORS,
+    200: {"content": {"text/event-stream": {"itemSchema": SSE_EVENT}},
           "description": STREAM_DESCRIPTION},
 }  # fmt: skip
 
@@ -45,6 +55,7 @@ def chat(
     query = retrieval_query(body.turns())
     filters = body.filters.to_filters() if body.filters else None
     timed = service.ask(question, body.top_k, body.min_score, body.mode, filters, query=query)
+    record_answers(request, "/v1/chat", [timed.answer.answerable], question)
     response = AskResponse.from_answer(timed.answer, service.index.documents, timed.took_ms)
     result = ChatResponse(**dict(response), query=query)
     if body.stream or "text/event-stream" in request.headers.get("accept", ""):
