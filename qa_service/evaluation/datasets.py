@@ -224,20 +224,38 @@ def load_squad(path: Path) -> Benchmark:
         documents: list[Document] = []
         questions: list[Question] = []
         qrels: dict[str, dict[str, int]] = {}
+        doc_ids: set[str] = set()
         for a, article in enumerate(articles):
             title = str(article.get("title", f"article-{a}"))
             for p, paragraph in enumerate(article["paragraphs"]):
                 doc_id = f"{title}/{p}"
-                documents.append(Document(id=doc_id, text=paragraph["context"], title=title))
+                where = f"{path}: article {a} ({title!r}), paragraph {p}"
+                context = paragraph["context"]
+                if not isinstance(context, str) or not context.strip():
+                    raise EvaluationDataError(f"{where}: `context` must be non-empty text")
+                if doc_id in doc_ids:
+                    raise EvaluationDataError(f"{where}: article title used twice")
+                doc_ids.add(doc_id)
+                documents.append(Document(id=doc_id, text=context, title=title))
                 for qa in paragraph["qas"]:
+                    qid, question = str(qa["id"]), qa["question"]
+                    if not isinstance(question, str) or not question.strip():
+                        raise EvaluationDataError(f"{where}: question {qid!r} has no text")
+                    if qid in qrels:
+                        raise EvaluationDataError(f"{where}: question id {qid!r} used twice")
                     answers = tuple(dict.fromkeys(str(x["text"]) for x in qa["answers"]))
-                    questions.append(Question(str(qa["id"]), str(qa["question"]), answers))
-                    qrels[str(qa["id"])] = {doc_id: 1}
+                    questions.append(Question(qid, question, answers))
+                    qrels[qid] = {doc_id: 1}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EvaluationDataError(f"cannot read {path}: {exc}") from exc
-    except (KeyError, TypeError, AttributeError) as exc:
+    except KeyError as exc:
         raise EvaluationDataError(
             f"{path} is not in SQuAD v1.1 format (data/paragraphs/qas): missing {exc}"
+        ) from exc
+    except (TypeError, AttributeError) as exc:
+        raise EvaluationDataError(
+            f"{path} is not in SQuAD v1.1 format (data/paragraphs/qas): a value of the wrong "
+            f"type ({exc})"
         ) from exc
     if not questions:
         raise EvaluationDataError(f"{path}: no questions")
