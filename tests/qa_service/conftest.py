@@ -67,33 +67,42 @@ def partner_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         httpd.shutdown()
 
 
-@pytest.fixture(scope="session")
-def server(settings: Settings, service: QAService, partner_site: Site) -> Iterator[str]:
-    """`qa serve` with CORS open to the partner site's 127.0.0.1 origin only."""
-    # `service` built the index already, so start-up only loads it.
+def launch(
+    settings: Settings, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `qa serve` on the settings' corpus and index and wait until it is ready."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    (partner_site.root / "index.html").write_text(HOST_PAGE.format(api=url))
     env = {**os.environ, "QA_CORPUS_DIR": str(settings.corpus_dir),
-           "QA_INDEX_DIR": str(settings.index_dir),
-           "QA_CORS_ORIGINS": partner_site.allowed_origin}  # fmt: skip
-    log_path = Path(str(settings.index_dir) + "-server.log")
+           "QA_INDEX_DIR": str(settings.index_dir), **(env or {})}  # fmt: skip
+    log_path = Path(str(settings.index_dir) + f"-server-{port}.log")
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "qa_service.cli", "serve", "--port", str(port)],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     deadline = time.monotonic() + 300  # a hang guard; a loaded machine loads the model slowly
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"qa serve exited: {log_path.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("server did not become ready in 300 s")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def server(settings: Settings, service: QAService, partner_site: Site) -> Iterator[str]:
+    """`qa serve` with CORS open to the partner site's 127.0.0.1 origin only."""
+    # `service` built the index already, so start-up only loads it.
+    process, url = launch(settings, {"QA_CORS_ORIGINS": partner_site.allowed_origin})
+    (partner_site.root / "index.html").write_text(HOST_PAGE.format(api=url))
     try:
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready in 300 s"
-            time.sleep(0.2)
         yield url
     finally:
         process.terminate()
