@@ -151,3 +151,12 @@ def test_the_widget_is_refused_from_another_origin(
     expect(page.locator(".qa-answer")).to_have_count(0)
     # The browser, not the page, refused it: CORS says so in the console.
     assert any("CORS" in text for text in refused), refused
+
+
+def test_questions_in_the_languages_of_the_region_are_kept_intact(page: Page, server: str) -> None:
+    question = "Шта је GRETA? Çfarë bën GRETA për fëmijët — č ć š ž đ?"
+    page.goto(server + "/")
+    ask(page, question)
+    expect(page.locator(".message.user").last).to_have_text(question)
+    reply = page.locator(".message.assistant").last
+    expect(reply.locator(".passage[data-rank]")).to_have_count(5)
