@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from embeddings.encoder import DEFAULT_MODEL
@@ -78,7 +78,34 @@ class Settings(BaseSettings):
     )
     log_json: bool = Field(False, description="`qa serve` logs one JSON object per line.")
 
-    @field_validator("cors_origins", mode="before")
+    # Document writes (qa_service/updates.py) and who may make them (qa_service/api/deps.py).
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        # QA_API_KEY, as the `qa add --url` client reads it, works for the server too.
+        validation_alias=AliasChoices("api_keys", "QA_API_KEYS", "QA_API_KEY"),
+        description="Keys that may add, replace and remove documents (`Authorization: Bearer "
+        "<key>`), as a JSON list or comma-separated; none by default, which disables writes.",
+    )
+    read_api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Keys that may ask questions and read documents; none by default, which "
+        "leaves reads open. Write keys may read too.",
+    )
+    max_upload_bytes: int = Field(
+        20 * 1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="Largest request body /v1/documents accepts (a file upload or a JSON "
+        "document); larger bodies get 413 before they are read.",
+    )
+    index_check_seconds: float = Field(
+        2.0,
+        ge=0.0,
+        description="How often `qa serve` checks whether another process (`qa add`, `qa "
+        "index`) replaced the index, and takes it up; 0 checks only before each write.",
+    )
+
+    @field_validator("cors_origins", "api_keys", "read_api_keys", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):

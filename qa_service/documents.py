@@ -44,8 +44,11 @@ class Document:
 @dataclass(frozen=True)
 class LoadedText:
     text: str
-    title: str | None = None
+    title: str | None = None  # found in the text (HTML title, Markdown heading): a fallback
     page_starts: tuple[int, ...] = ()
+    # Fields the file states for itself (a JSON document's title, source, metadata): these win
+    # over the corpus's metadata.json.
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,30 @@ def load_pdf(data: bytes) -> LoadedText:
     return LoadedText(text, title=str(title) if title else None, page_starts=tuple(starts))
 
 
+def load_json(data: bytes) -> LoadedText:
+    """A JSON document: `{"text": str, "title"?: str, "source"?: str, "metadata"?: {...}}`.
+
+    The form in which documents sent as JSON to the API are kept in the corpus folder.
+    """
+    try:
+        value = json.loads(_decode(data))
+    except json.JSONDecodeError as exc:
+        raise DocumentLoadError(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict) or not isinstance(value.get("text"), str):
+        raise DocumentLoadError('a JSON document is an object with a "text" string')
+    metadata = value.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise DocumentLoadError('"metadata" of a JSON document must be an object')
+    fields = dict(metadata)
+    for name in ("title", "source"):
+        if value.get(name) is not None:
+            if not isinstance(value[name], str):
+                raise DocumentLoadError(f'"{name}" of a JSON document must be a string')
+            fields[name] = value[name]
+    text = value["text"].replace("\r\n", "\n").replace("\r", "\n")
+    return LoadedText(text, fields=fields)
+
+
 LOADERS: dict[str, Callable[[bytes], LoadedText]] = {
     ".txt": load_txt,
     ".text": load_txt,
@@ -141,6 +168,15 @@ LOADERS: dict[str, Callable[[bytes], LoadedText]] = {
     ".html": load_html,
     ".htm": load_html,
     ".pdf": load_pdf,
+    ".json": load_json,
+}
+# File types by media type, for an upload whose file name has no extension.
+MEDIA_TYPES = {
+    "text/plain": ".txt",
+    "text/markdown": ".md",
+    "text/html": ".html",
+    "application/pdf": ".pdf",
+    "application/json": ".json",
 }
 
 
@@ -162,7 +198,7 @@ def load_document(
     loaded = loader(data)
     if not loaded.text.strip():
         raise DocumentLoadError("no text in the document")
-    meta = dict(metadata or {})
+    meta = {**(metadata or {}), **loaded.fields}
     title = meta.pop("title", None) or loaded.title
     source = meta.pop("source", None) or source
     return Document(
@@ -197,6 +233,36 @@ def read_metadata(corpus_dir: Path) -> dict[str, dict[str, Any]]:
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise DocumentLoadError(f"{path}: expected an object mapping document ids to objects")
     return data
+
+
+# Ids of documents created through the API or `qa add`: path segments of letters, digits, ".",
+# "_" and "-" (not starting with "." or "-"), joined by "/"; the file is `<corpus>/<id><ext>`.
+MAX_ID_LENGTH = 128
+_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
+RESERVED_IDS = frozenset({Path(METADATA_FILE).stem})
+
+
+def check_new_id(doc_id: str) -> str | None:
+    """Why `doc_id` cannot name a new document, or None when it can."""
+    if len(doc_id) > MAX_ID_LENGTH:
+        return f"document id is longer than {MAX_ID_LENGTH} characters"
+    if not _ID.fullmatch(doc_id):
+        return (
+            f"document id {doc_id!r} is not allowed: use letters, digits, '.', '_' and '-' "
+            "(not first), in segments separated by '/'"
+        )
+    if doc_id in RESERVED_IDS:
+        return f"document id {doc_id!r} is reserved"
+    return None
+
+
+def id_from_filename(filename: str) -> str | None:
+    """A document id from an uploaded file's name (`Annual Report 2024.pdf` ->
+    `annual-report-2024`), or None when nothing usable is left."""
+    stem = Path(filename.replace("\\", "/")).name
+    stem = stem[: -len(Path(stem).suffix)] if Path(stem).suffix else stem
+    slug = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-.")[:80].strip("-.")
+    return slug if slug and check_new_id(slug) is None else None
 
 
 def document_id(corpus_dir: Path, path: Path) -> str:

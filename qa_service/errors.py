@@ -33,3 +33,35 @@ class IndexStaleError(QAError):
 
 class ServiceNotReadyError(QAError):
     """The model or index is not loaded yet, or the service is shutting down."""
+
+
+class IndexBusyError(QAError):
+    """Another writer held the index folder's lock for too long."""
+
+
+class DocumentExistsError(QAError):
+    """A new document's id is taken (POST; PUT replaces)."""
+
+
+class LastDocumentError(QAError):
+    """Removing every document would leave an index with nothing to search."""
+
+
+class InvalidDocumentError(QAError):
+    """A document that cannot be added: a bad id, or a file that is unreadable or empty."""
+
+
+class UnsupportedDocumentTypeError(InvalidDocumentError):
+    """A file in a format no loader reads."""
+
+
+class StorageError(QAError, OSError):
+    """The corpus or index folder cannot be written (permissions, a full disk)."""
+
+
+class AuthenticationError(QAError):
+    """No API key, or a wrong one, for an endpoint that needs one."""
+
+
+class WritesDisabledError(QAError):
+    """No write API key is configured, so nobody may write."""

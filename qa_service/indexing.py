@@ -1,22 +1,37 @@
-"""Corpus folder to saved index: load, split, encode, save; and whether a saved index is stale."""
+"""Corpus folder to saved index: load, split, encode, save; whether a saved index is stale; and
+the incremental update that adds, replaces or removes documents in an index.
+
+Vectors are looked up by text before anything is encoded (`EmbeddingCache`): a rebuild takes them
+from the index it replaces, so that `qa index` after a few files changed, or the rebuild at
+start-up after a crash, re-encodes only the passages and sentences whose text is new.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from embeddings import Encoder, VectorIndex
-from qa_service.chunking import ChunkedDocument, Splitter
+from qa_service.chunking import ChunkedDocument, Passage, PassageSplitter, Splitter
 from qa_service.documents import Document, SkippedFile, load_corpus
-from qa_service.lexical import LexicalIndex
-from qa_service.store import IndexData, Manifest, file_sha256, new_manifest, save_index
+from qa_service.errors import IndexCorruptError, IndexNotFoundError
+from qa_service.lexical import Analyzer, LexicalIndex
+from qa_service.store import (
+    IndexData,
+    Manifest,
+    file_sha256,
+    index_lock,
+    load_index,
+    new_manifest,
+    save_index,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +57,112 @@ def passage_settings(splitter: Splitter) -> dict[str, Any]:
     }
 
 
-def corpus_fingerprint(corpus_dir: Path) -> str:
-    """Changes whenever a file below the corpus folder is added, removed, renamed or edited."""
-    digest = hashlib.sha256()
+def corpus_files(corpus_dir: Path) -> dict[str, str]:
+    """sha256 of every file below the corpus folder (hidden ones excepted), by relative path."""
+    files = {}
     for path in sorted(p for p in corpus_dir.rglob("*") if p.is_file()):
         relative = path.relative_to(corpus_dir).as_posix()
         if any(part.startswith(".") for part in Path(relative).parts):
             continue
+        files[relative] = file_sha256(path)
+    return files
+
+
+def fingerprint_of(files: Mapping[str, str]) -> str:
+    digest = hashlib.sha256()
+    for relative in sorted(files):
         digest.update(relative.encode() + b"\0")
-        digest.update(file_sha256(path).encode())
+        digest.update(files[relative].encode())
     return digest.hexdigest()
+
+
+def corpus_fingerprint(corpus_dir: Path) -> str:
+    """Changes whenever a file below the corpus folder is added, removed, renamed or edited."""
+    return fingerprint_of(corpus_files(corpus_dir))
+
+
+def _text_key(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:16]
+
+
+@dataclass
+class EmbeddingCache:
+    """Vectors of texts already encoded by one model, by a hash of the text."""
+
+    model: str
+    vectors: dict[bytes, np.ndarray] = field(default_factory=dict)
+    hits: int = 0
+    misses: int = 0
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        encoder: Encoder,
+        batch_size: int = 32,
+        on_batch: Progress | None = None,
+    ) -> np.ndarray:
+        """Vectors of `texts`, encoding only the ones not cached yet."""
+        if encoder.name != self.model:
+            raise ValueError(f"cache of {self.model} used with {encoder.name}")
+        keys = [_text_key(t) for t in texts]
+        missing = list(dict.fromkeys(k for k in keys if k not in self.vectors))
+        if missing:
+            wanted = set(missing)
+            first = {k: t for k, t in zip(keys, texts, strict=True) if k in wanted}
+            encoded = encoder.encode_passages(
+                [first[k] for k in missing], batch_size=batch_size, on_batch=on_batch
+            )
+            self.vectors.update(zip(missing, encoded, strict=True))
+        self.misses += len(missing)
+        self.hits += len(texts) - len(missing)
+        if not texts:
+            return np.empty((0, encoder.dimension), dtype=np.float32)
+        return np.stack([self.vectors[k] for k in keys]).astype(np.float32, copy=False)
+
+    def add_index(
+        self, data: IndexData, encoder: Encoder, only: Collection[str] | None = None
+    ) -> None:
+        """Take the vectors of an index built with the same model (of `only` those documents)."""
+        if data.manifest.model != self.model or data.manifest.dimension != encoder.dimension:
+            return
+        title_context = bool(data.manifest.passage_settings.get("title_context"))
+        spanner = PassageSplitter(encoder, 16, 0, title_context) if title_context else None
+        wanted = set(data.documents if only is None else only)
+        by_document = _positions_by_document(data.passages, wanted)
+        for doc_id in wanted & data.documents.keys():
+            document, units = data.documents[doc_id], data.units[doc_id]
+            if data.unit_vectors is not None:
+                offset = data.unit_offsets[doc_id]
+                for j, (a, b) in enumerate(units):
+                    self.vectors[_text_key(document.text[a:b])] = data.unit_vectors[offset + j]
+            positions = by_document.get(doc_id, [])
+            if not positions:
+                continue
+            passages = [data.passages[i] for i in positions]
+            chunked = ChunkedDocument(document, units, passages)
+            texts = spanner.indexed_texts(chunked) if spanner else [p.text for p in passages]
+            vectors = data.vectors.vectors(np.asarray(positions, dtype=np.int64))
+            self.vectors.update(zip(map(_text_key, texts), vectors, strict=True))
+
+
+def _positions_by_document(
+    passages: Sequence[Passage], wanted: Collection[str]
+) -> dict[str, list[int]]:
+    positions: dict[str, list[int]] = {}
+    for i, passage in enumerate(passages):
+        if passage.document_id in wanted:
+            positions.setdefault(passage.document_id, []).append(i)
+    return positions
+
+
+def previous_index_cache(index_dir: Path, encoder: Encoder) -> EmbeddingCache:
+    """The vectors of the index in `index_dir`, if it is readable and built with this model."""
+    cache = EmbeddingCache(encoder.name)
+    try:
+        cache.add_index(load_index(index_dir), encoder)
+    except (IndexNotFoundError, IndexCorruptError) as exc:
+        logger.info("no vectors to reuse from %s: %s", index_dir, exc)
+    return cache
 
 
 def stale_reasons(
@@ -79,6 +190,8 @@ def index_documents(
     batch_size: int = 32,
     progress: ProgressFactory | None = None,
     sentence_vectors: bool = True,
+    cache: EmbeddingCache | None = None,
+    files: Mapping[str, str] | None = None,
 ) -> IndexData:
     """Split and encode documents into an in-memory index (nothing is written).
 
@@ -89,9 +202,12 @@ def index_documents(
     passages = [p for c in chunked for p in c.passages]
     unit_texts = [c.document.text[a:b] for c in chunked for a, b in c.units]
 
+    cache = cache or EmbeddingCache(encoder.name)
+
     def encode(label: str, texts: list[str]) -> np.ndarray:
-        on_batch = progress(label, len(texts)) if progress else None
-        return encoder.encode_passages(texts, batch_size=batch_size, on_batch=on_batch)
+        missing = len({_text_key(t) for t in texts} - cache.vectors.keys())
+        on_batch = progress(label, missing) if progress else None
+        return cache.encode(texts, encoder, batch_size, on_batch)
 
     indexed_texts = [t for c in chunked for t in splitter.indexed_texts(c)]
     passage_vectors = encode("passages", indexed_texts)
@@ -103,6 +219,7 @@ def index_documents(
         passage_settings=passage_settings(splitter),
         documents=len(chunked),
         passages=len(passages),
+        corpus_files=dict(files or {}),
     )
     return IndexData(
         documents={c.document.id: c.document for c in chunked},
@@ -123,14 +240,26 @@ def build_index(
     batch_size: int = 32,
     progress: ProgressFactory | None = None,
 ) -> tuple[IndexData, BuildReport]:
-    """Index every readable file below `corpus_dir` into `index_dir`, replacing what was there."""
+    """Index every readable file below `corpus_dir` into `index_dir`, replacing what was there.
+
+    Holds the index lock throughout, so that no document write lands in between reading the
+    corpus and saving; vectors of unchanged texts are taken from the index being replaced.
+    """
     started = time.perf_counter()
-    fingerprint = corpus_fingerprint(corpus_dir)
-    loaded = load_corpus(corpus_dir)
-    if not loaded.documents:
-        raise ValueError(f"no readable documents in {corpus_dir}; nothing to index")
-    data = index_documents(loaded.documents, encoder, splitter, fingerprint, batch_size, progress)
-    save_index(index_dir, data)
+    with index_lock(index_dir):
+        files = corpus_files(corpus_dir)
+        loaded = load_corpus(corpus_dir)
+        if not loaded.documents:
+            raise ValueError(f"no readable documents in {corpus_dir}; nothing to index")
+        cache = previous_index_cache(index_dir, encoder)
+        data = index_documents(
+            loaded.documents, encoder, splitter, fingerprint_of(files), batch_size, progress,
+            cache=cache, files=files,
+        )  # fmt: skip
+        save_index(index_dir, data)
+    if cache.hits:
+        logger.info("reused %d vectors of the previous index; encoded %d texts",
+                    cache.hits, cache.misses)  # fmt: skip
     report = BuildReport(
         index_dir=index_dir,
         documents=len(data.documents),
@@ -143,3 +272,99 @@ def build_index(
         report.documents, report.passages, report.seconds, len(report.skipped),
     )  # fmt: skip
     return data, report
+
+
+@dataclass
+class TermCache:
+    """BM25 terms of passage texts already analysed, so that an update re-analyses only new
+    passages; entries not used by the latest update are dropped."""
+
+    terms: dict[str, list[str]] = field(default_factory=dict)
+    _analyzer: Analyzer = field(default_factory=Analyzer)
+
+    def analyse(self, texts: Sequence[str]) -> list[list[str]]:
+        result = [self.terms.get(t) or self._analyzer.terms(t) for t in texts]
+        self.terms = dict(zip(texts, result, strict=True))
+        return result
+
+
+def indexed_texts(data: IndexData, splitter: Splitter) -> list[str]:
+    """What each passage of `data` was encoded and BM25-indexed as, in passage order."""
+    if not splitter.title_context:
+        return [p.text for p in data.passages]
+    texts: list[str] = []
+    start = 0
+    while start < len(data.passages):
+        doc_id = data.passages[start].document_id
+        end = start
+        while end < len(data.passages) and data.passages[end].document_id == doc_id:
+            end += 1
+        chunked = ChunkedDocument(data.documents[doc_id], data.units[doc_id],
+                                  data.passages[start:end])  # fmt: skip
+        texts.extend(splitter.indexed_texts(chunked))
+        start = end
+    return texts
+
+
+def update_index(
+    data: IndexData,
+    encoder: Encoder,
+    splitter: Splitter,
+    remove: Collection[str] = (),
+    add: Sequence[Document] = (),
+    files: Mapping[str, str] | None = None,
+    terms: TermCache | None = None,
+    batch_size: int = 32,
+) -> IndexData:
+    """A new in-memory index: `data` without the documents `remove`, plus `add` (an added
+    document replaces one with its id). `data` itself is not changed.
+
+    Costs the encoding of the added documents' passages and sentences (fewer when a replaced
+    version shares sentences with them); the rest is copying: the kept vectors, and BM25
+    rebuilt over the cached terms of every passage.
+    """
+    gone = set(remove) | {d.id for d in add}
+    kept_ids = [doc_id for doc_id in data.documents if doc_id not in gone]
+    kept = [i for i, p in enumerate(data.passages) if p.document_id not in gone]
+    cache = EmbeddingCache(encoder.name)
+    cache.add_index(data, encoder, only=gone & data.documents.keys())  # a replaced version
+    chunked = [splitter.split(d) for d in add]
+    new_passages = [p for c in chunked for p in c.passages]
+    new_texts = [t for c in chunked for t in splitter.indexed_texts(c)]
+    new_vectors = cache.encode(new_texts, encoder, batch_size)
+    unit_parts = []
+    if data.unit_vectors is not None:
+        for doc_id in kept_ids:
+            start = data.unit_offsets[doc_id]
+            unit_parts.append(data.unit_vectors[start : start + len(data.units[doc_id])])
+        unit_texts = [c.document.text[a:b] for c in chunked for a, b in c.units]
+        unit_parts.append(cache.encode(unit_texts, encoder, batch_size))
+
+    old_vectors = data.vectors.vectors(np.asarray(kept, dtype=np.int64))
+    passages = [data.passages[i] for i in kept] + new_passages
+    documents = {doc_id: data.documents[doc_id] for doc_id in kept_ids}
+    documents.update((c.document.id, c.document) for c in chunked)
+    units = {doc_id: data.units[doc_id] for doc_id in kept_ids}
+    units.update((c.document.id, c.units) for c in chunked)
+    old_texts = indexed_texts(data, splitter)
+    texts = [old_texts[i] for i in kept] + new_texts
+    terms = terms or TermCache()
+    manifest = data.manifest
+    fingerprint = manifest.corpus_fingerprint if files is None else fingerprint_of(files)
+    return IndexData(
+        documents=documents,
+        units=units,
+        passages=passages,
+        vectors=VectorIndex.build(np.concatenate([old_vectors, new_vectors])),
+        lexical=LexicalIndex.from_terms(terms.analyse(texts)),
+        unit_vectors=np.concatenate(unit_parts) if data.unit_vectors is not None else None,
+        manifest=new_manifest(
+            model=manifest.model,
+            dimension=manifest.dimension,
+            corpus_fingerprint=fingerprint,
+            passage_settings=manifest.passage_settings,
+            documents=len(documents),
+            passages=len(passages),
+            corpus_files=manifest.corpus_files if files is None else dict(files),
+        ),
+    )

@@ -55,8 +55,14 @@ class LexicalIndex:
     @classmethod
     def build(cls, texts: Sequence[str]) -> LexicalIndex:
         analyzer = Analyzer()
+        return cls.from_terms([analyzer.terms(text) for text in texts])
+
+    @classmethod
+    def from_terms(cls, terms: Sequence[Sequence[str]]) -> LexicalIndex:
+        """From each passage's analysed terms (`Analyzer.terms`), so that a document write
+        re-analyses only its own passages."""
         vocab: dict[str, int] = {}
-        corpus = [[vocab.setdefault(t, len(vocab)) for t in analyzer.terms(text)] for text in texts]
+        corpus = [[vocab.setdefault(t, len(vocab)) for t in passage] for passage in terms]
         bm25 = bm25s.BM25()
         bm25.index(bm25s.tokenization.Tokenized(ids=corpus, vocab=vocab), show_progress=False)
         return cls(bm25, vocab)

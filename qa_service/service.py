@@ -1,11 +1,19 @@
-"""The question-answering service that the API and the CLI both drive."""
+"""The question-answering service that the API and the CLI both drive.
+
+Its live state (the index, the retriever and the answer builder over it) is one immutable
+`_State`, replaced by a single reference assignment once a write's new generation is durable.
+A question reads the state once, so it sees the index wholly before or wholly after a write.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from embeddings import Encoder, load_encoder
 from embeddings.batching import QueryBatcher
@@ -13,18 +21,45 @@ from qa_service.answering import Answer, AnswerBuilder, min_score_for
 from qa_service.chunking import PassageSplitter
 from qa_service.config import Settings
 from qa_service.documents import Document
-from qa_service.errors import DocumentNotFoundError, IndexNotFoundError, IndexStaleError
+from qa_service.errors import (
+    DocumentNotFoundError,
+    IndexBusyError,
+    IndexNotFoundError,
+    IndexStaleError,
+    QAError,
+    WritesDisabledError,
+)
 from qa_service.indexing import ProgressFactory, build_index, stale_reasons
 from qa_service.retrieval import DENSE_WEIGHT, Filters, Mode, Retriever
-from qa_service.store import IndexData, load_index, read_manifest
+from qa_service.store import (
+    IndexData,
+    current_generation_name,
+    index_lock,
+    load_index,
+    read_manifest,
+)
+from qa_service.updates import DocumentUpdater, NewDocument, WriteMode, WriteResult
 
 logger = logging.getLogger(__name__)
+
+
+# How long a write waits for another writer (another request, `qa add`, `qa index`).
+WRITE_LOCK_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
 class TimedAnswer:
     answer: Answer
     took_ms: float
+    # The documents of the index the answer came from: a write after it cannot remove them.
+    documents: dict[str, Document]
+
+
+@dataclass(frozen=True)
+class _State:
+    index: IndexData
+    retriever: Retriever
+    answers: AnswerBuilder
 
 
 def make_splitter(settings: Settings, encoder: Encoder) -> PassageSplitter:
@@ -45,22 +80,25 @@ def ensure_index(
             progress,
         )[0]  # fmt: skip
 
-    try:
-        manifest = read_manifest(settings.index_dir)
-    except IndexNotFoundError:
-        logger.info("no index in %s yet: building it from %s", settings.index_dir,
-                    settings.corpus_dir)  # fmt: skip
-        return rebuild()
-    reasons = stale_reasons(manifest, encoder, splitter, settings.corpus_dir)
-    if reasons:
-        if not settings.rebuild_stale_index:
-            raise IndexStaleError(
-                f"the index in {settings.index_dir} is out of date: {'; '.join(reasons)}. "
-                "Run `qa index` to rebuild it."
-            )
-        logger.warning("rebuilding the index: %s", "; ".join(reasons))
-        return rebuild()
-    return load_index(settings.index_dir)
+    # Under the lock: no write lands between the check and the load, and no writer deletes
+    # the generation being read.
+    with index_lock(settings.index_dir):
+        try:
+            manifest = read_manifest(settings.index_dir)
+        except IndexNotFoundError:
+            logger.info("no index in %s yet: building it from %s", settings.index_dir,
+                        settings.corpus_dir)  # fmt: skip
+            return rebuild()
+        reasons = stale_reasons(manifest, encoder, splitter, settings.corpus_dir)
+        if reasons:
+            if not settings.rebuild_stale_index:
+                raise IndexStaleError(
+                    f"the index in {settings.index_dir} is out of date: {'; '.join(reasons)}. "
+                    "Run `qa index` to rebuild it."
+                )
+            logger.warning("rebuilding the index: %s", "; ".join(reasons))
+            return rebuild()
+        return load_index(settings.index_dir)
 
 
 class QAService:
@@ -72,14 +110,15 @@ class QAService:
         top_k: int,
         mode: Mode = "hybrid",
         dense_weight: float = DENSE_WEIGHT,
+        updater: DocumentUpdater | None = None,
     ) -> None:
-        """`min_score` None means the threshold calibrated for the model and each mode."""
-        if index.manifest.model != encoder.name:
-            raise IndexStaleError(
-                f"index built with {index.manifest.model} cannot be queried with {encoder.name}"
-            )
+        """`min_score` None means the threshold calibrated for the model and each mode.
+
+        Without an `updater` (an index folder to write to), document writes are refused.
+        """
         self.encoder = encoder
-        self.index = index
+        self.dense_weight = dense_weight
+        self._state = self._new_state(index)
         # Seconds it took `from_settings` to load the model and the index ("model", "index").
         self.load_seconds: dict[str, float] = {}
         self.top_k = top_k
@@ -87,8 +126,21 @@ class QAService:
         self._min_score = min_score
         # Concurrent requests share model calls (embeddings/batching.py).
         self._queries = QueryBatcher(encoder.encode_queries)
-        self._retriever = Retriever(index, dense_weight)
-        self._answers = AnswerBuilder(index)
+        self._updater = updater
+        self._write_lock = threading.Lock()  # in-process writers; `index_lock` across processes
+
+    def _new_state(self, index: IndexData) -> _State:
+        if index.manifest.model != self.encoder.name:
+            raise IndexStaleError(
+                f"index built with {index.manifest.model} cannot be queried with "
+                f"{self.encoder.name}"
+            )
+        return _State(index, Retriever(index, self.dense_weight), AnswerBuilder(index))
+
+    @property
+    def index(self) -> IndexData:
+        """The live index; read it once per use, as a write may replace it at any time."""
+        return self._state.index
 
     @classmethod
     def from_settings(
@@ -101,9 +153,14 @@ class QAService:
         loaded = encoder or load_encoder(settings.model)
         model_seconds = time.perf_counter() - started
         index = ensure_index(settings, loaded, progress)
+        updater = DocumentUpdater(
+            settings.corpus_dir, settings.index_dir, loaded, make_splitter(settings, loaded),
+            settings.batch_size,
+        )  # fmt: skip
         service = cls(
-            loaded, index, settings.min_score, settings.top_k, settings.mode, settings.dense_weight
-        )
+            loaded, index, settings.min_score, settings.top_k, settings.mode,
+            settings.dense_weight, updater,
+        )  # fmt: skip
         if encoder is None:
             service.load_seconds["model"] = model_seconds
         service.load_seconds["index"] = time.perf_counter() - started - model_seconds
@@ -146,6 +203,7 @@ class QAService:
         the questions before it); the answer sentence is still chosen for the question itself.
         """
         started = time.perf_counter()
+        state = self._state  # one snapshot for the whole call
         mode = mode or self.mode
         threshold = self.threshold(mode) if min_score is None else min_score
         if queries is None:
@@ -156,16 +214,83 @@ class QAService:
                 raise ValueError("one query per question")
             both = self._queries.encode([*questions, *queries])
             vectors, query_vectors = both[: len(questions)], both[len(questions) :]
-        hits = self._retriever.retrieve(queries, query_vectors, top_k or self.top_k, mode, filters)
+        hits = state.retriever.retrieve(queries, query_vectors, top_k or self.top_k, mode, filters)
         answers = [
-            self._answers.build(q, v, h, threshold)
+            state.answers.build(q, v, h, threshold)
             for q, v, h in zip(questions, vectors, hits, strict=True)
         ]
         took_ms = (time.perf_counter() - started) * 1000 / max(len(questions), 1)
-        return [TimedAnswer(a, took_ms) for a in answers]
+        return [TimedAnswer(a, took_ms, state.index.documents) for a in answers]
 
-    def documents(self) -> list[Document]:
-        return list(self.index.documents.values())
+    def documents(self, index: IndexData | None = None) -> list[Document]:
+        """The documents of `index` (a snapshot taken with `self.index`), or of the live one."""
+        return list((index or self.index).documents.values())
+
+    # Writes. Each holds the in-process lock and the index folder's lock, first takes up a
+    # generation another process (`qa add`, `qa index`) made current, and swaps the state only
+    # once the new generation is durable.
+
+    def add_documents(
+        self, items: Sequence[tuple[str, NewDocument]], mode: WriteMode = "create"
+    ) -> list[WriteResult]:
+        """Add documents (`create`), or add or replace them (`upsert`)."""
+        updater = self._require_updater()
+        with self._writing():
+            data, results = updater.write(self._state.index, items, mode)
+            self._state = self._new_state(data)
+        return results
+
+    def remove_documents(self, ids: Sequence[str]) -> None:
+        updater = self._require_updater()
+        with self._writing():
+            data = updater.remove(self._state.index, ids)
+            self._state = self._new_state(data)
+
+    def refresh(self) -> bool:
+        """Take up a generation another process made current; true if there was one.
+
+        Cheap when nothing changed (one readlink), so the server polls it.
+        """
+        if self._updater is None:
+            return False
+        index_dir = self._updater.index_dir
+        if current_generation_name(index_dir) in (None, self._state.index.generation):
+            return False
+        try:
+            with self._writing(timeout=0.5):
+                pass  # `_writing` reloads
+        except IndexBusyError:
+            return False  # a writer is at work; the next check or write takes its result up
+        return True
+
+    def _require_updater(self) -> DocumentUpdater:
+        if self._updater is None:
+            raise WritesDisabledError("this service has no index folder to write to")
+        return self._updater
+
+    @contextmanager
+    def _writing(self, timeout: float = WRITE_LOCK_TIMEOUT) -> Iterator[None]:
+        updater = self._require_updater()
+        if not self._write_lock.acquire(timeout=timeout):
+            raise IndexBusyError("another write is in progress; try again shortly")
+        try:
+            with index_lock(updater.index_dir, timeout=timeout):
+                self._reload_if_replaced(updater.index_dir)
+                yield
+        finally:
+            self._write_lock.release()
+
+    def _reload_if_replaced(self, index_dir: Path) -> None:
+        current = current_generation_name(index_dir)
+        if current is None or current == self._state.index.generation:
+            return
+        try:
+            state = self._new_state(load_index(index_dir))
+        except QAError as exc:
+            logger.error("not taking up the index generation %s: %s", current, exc)
+            raise
+        logger.info("took up index generation %s, written by another process", current)
+        self._state = state
 
     def document(self, document_id: str) -> Document:
         try:
@@ -173,8 +298,9 @@ class QAService:
         except KeyError:
             raise DocumentNotFoundError(document_id) from None
 
-    def passage_counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(self.index.documents, 0)
-        for passage in self.index.passages:
+    def passage_counts(self, index: IndexData | None = None) -> dict[str, int]:
+        index = index or self.index
+        counts = dict.fromkeys(index.documents, 0)
+        for passage in index.passages:
             counts[passage.document_id] += 1
         return counts

@@ -4,16 +4,24 @@ Layout: `<index_dir>/generations/<name>/` holds one complete index; `<index_dir>
 symlink to the live generation. A build writes a new generation and then swaps the symlink with
 one atomic rename, so a crash at any moment leaves the previous index (or none) in place, never a
 half-written one.
+
+Writers (a build, `qa index`, a document write through the API or `qa add`) hold `index_lock`:
+a lock per index folder within the process and an fcntl lock on `<index_dir>/.lock` across
+processes, so that no two writers interleave and no reader loads a generation being deleted.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +32,7 @@ import numpy as np
 from embeddings import IndexFormatError, VectorIndex, Vectors
 from qa_service.chunking import Passage, Span
 from qa_service.documents import Document
-from qa_service.errors import IndexCorruptError, IndexNotFoundError
+from qa_service.errors import IndexBusyError, IndexCorruptError, IndexNotFoundError
 from qa_service.lexical import LexicalIndex
 
 FORMAT_VERSION = 2
@@ -36,6 +44,7 @@ _UNIT_VECTORS = "units.npy"
 _LEXICAL = "bm25"
 _CURRENT = "current"
 _GENERATIONS = "generations"
+_LOCK = ".lock"
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,10 @@ class Manifest:
     documents: int
     passages: int
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    # Corpus file (path below the corpus folder) -> sha256, as indexed; `corpus_fingerprint` is
+    # their digest. Kept so that a document write can update the fingerprint without hashing
+    # the whole corpus. Empty in indexes written before live updates.
+    corpus_files: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
@@ -67,6 +80,7 @@ class IndexData:
     lexical: LexicalIndex
     unit_vectors: Vectors | None  # None when built without sentence vectors (benchmarks)
     manifest: Manifest
+    generation: str | None = None  # name of the generation folder it was loaded from or saved as
     unit_offsets: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -107,7 +121,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -116,7 +130,16 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_index(index_dir: Path, data: IndexData) -> Path:
-    """Write `data` as a new generation and make it current; returns the generation folder."""
+    """Write `data` as a new generation and make it current; returns the generation folder.
+
+    When it returns, the new generation is on disk (files, folders and the `current` link
+    fsynced): a crash from then on cannot lose it.
+    """
+    with index_lock(index_dir):
+        return _save_index(index_dir, data)
+
+
+def _save_index(index_dir: Path, data: IndexData) -> Path:
     generations = index_dir / _GENERATIONS
     generations.mkdir(parents=True, exist_ok=True)
     name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -159,16 +182,18 @@ def save_index(index_dir: Path, data: IndexData) -> Path:
         if path.is_file():
             with path.open("rb") as f:
                 os.fsync(f.fileno())
-    _fsync_dir(staging / _LEXICAL)
-    _fsync_dir(staging)
+    fsync_dir(staging / _LEXICAL)
+    fsync_dir(staging)
 
     final = generations / name
     staging.rename(final)
+    fsync_dir(generations)  # the rename is durable before `current` can point to it
     link = index_dir / f".{_CURRENT}.{uuid.uuid4().hex[:8]}"
     link.symlink_to(Path(_GENERATIONS) / name)
     link.replace(index_dir / _CURRENT)  # the atomic step
-    _fsync_dir(index_dir)
+    fsync_dir(index_dir)
     data.manifest = manifest
+    data.generation = name
     _remove_old_generations(generations, keep=name)
     return final
 
@@ -177,6 +202,63 @@ def _remove_old_generations(generations: Path, keep: str) -> None:
     for path in generations.iterdir():
         if path.name != keep:
             shutil.rmtree(path, ignore_errors=True)
+
+
+class _IndexLock:
+    """Re-entrant within a thread; the fcntl lock is taken by the outermost holder only (two
+    fcntl locks of one process on two descriptors of the same file would block each other)."""
+
+    def __init__(self) -> None:
+        self.thread_lock = threading.RLock()
+        self.depth = 0
+        self.fd: int | None = None
+
+
+_LOCKS: dict[Path, _IndexLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def index_lock(index_dir: Path, timeout: float | None = None) -> Iterator[None]:
+    """Hold the index folder's writer lock; IndexBusyError after `timeout` seconds (None: wait)."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(index_dir.resolve(), _IndexLock())
+    deadline = None if timeout is None else time.monotonic() + timeout
+    busy = f"another process or request is writing the index in {index_dir}; try again shortly"
+    if not lock.thread_lock.acquire(timeout=-1 if timeout is None else timeout):
+        raise IndexBusyError(busy)
+    try:
+        if lock.depth == 0:
+            fd = os.open(index_dir / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if deadline is not None and time.monotonic() > deadline:
+                        os.close(fd)
+                        raise IndexBusyError(busy) from None
+                    time.sleep(0.05)
+            lock.fd = fd
+        lock.depth += 1
+        try:
+            yield
+        finally:
+            lock.depth -= 1
+            if lock.depth == 0 and lock.fd is not None:
+                os.close(lock.fd)  # releases the fcntl lock
+                lock.fd = None
+    finally:
+        lock.thread_lock.release()
+
+
+def current_generation_name(index_dir: Path) -> str | None:
+    """Name of the live generation (one readlink: cheap enough to poll), None without an index."""
+    try:
+        return Path(os.readlink(index_dir / _CURRENT)).name
+    except OSError:
+        return None
 
 
 def current_generation(index_dir: Path) -> Path:
@@ -224,12 +306,14 @@ def load_index(index_dir: Path) -> IndexData:
         unit_vectors = np.load(unit_path) if unit_path.exists() else None
     except (OSError, ValueError, TypeError, KeyError, IndexFormatError) as exc:
         raise IndexCorruptError(f"cannot read the index in {folder}: {exc}") from exc
-    return IndexData(documents, units, passages, vectors, lexical, unit_vectors, manifest)
+    return IndexData(
+        documents, units, passages, vectors, lexical, unit_vectors, manifest, folder.name
+    )
 
 
 def new_manifest(
     model: str, dimension: int, corpus_fingerprint: str, passage_settings: dict[str, Any],
-    documents: int, passages: int,
+    documents: int, passages: int, corpus_files: dict[str, str] | None = None,
 ) -> Manifest:  # fmt: skip
     return Manifest(
         format_version=FORMAT_VERSION,
@@ -240,4 +324,5 @@ def new_manifest(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         documents=documents,
         passages=passages,
+        corpus_files=dict(corpus_files or {}),
     )

@@ -11,7 +11,9 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from qa_service.api import metrics
+from qa_service.api.deps import ReadAccess
 from qa_service.api.errors import install_error_handlers
+from qa_service.api.index_watch import watch_index
 from qa_service.api.middleware import (
     AdmissionLimiter,
     AdmissionMiddleware,
@@ -46,10 +48,17 @@ def create_app(settings: Settings | None = None, service: QAService | None = Non
                     logger.exception("could not load the question-answering service")
 
             loading = asyncio.create_task(load())
+        watcher: asyncio.Task[None] | None = None
+        if settings.index_check_seconds > 0:
+            watcher = asyncio.create_task(
+                watch_index(lambda: app.state.service, settings.index_check_seconds)
+            )
         yield
         app.state.shutting_down = True
         if loading is not None:
             loading.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
     app = FastAPI(
         title="Semantic question answering",
@@ -60,12 +69,14 @@ def create_app(settings: Settings | None = None, service: QAService | None = Non
     app.state.service = service
     app.state.shutting_down = False
     app.state.log_questions = settings.log_questions
+    app.state.api_keys = list(settings.api_keys)
+    app.state.read_api_keys = list(settings.read_api_keys)
     app.state.admission = limiter = AdmissionLimiter(settings.max_concurrent_requests)
     app.state.metrics = metrics.Metrics(lambda: app.state.service, lambda: limiter.in_flight)
     install_error_handlers(app)
     app.include_router(health.router)
-    app.include_router(ask.router)
-    app.include_router(chat.router)
+    app.include_router(ask.router, dependencies=[ReadAccess])
+    app.include_router(chat.router, dependencies=[ReadAccess])
     app.include_router(documents.router)
     app.include_router(pages.router)
     app.mount("/static", pages.StaticAssets(directory=pages.STATIC_DIR), name="static")
@@ -73,15 +84,16 @@ def create_app(settings: Settings | None = None, service: QAService | None = Non
     # Middleware added later wraps what was added before. The limits sit inside CORS, so that a
     # browser can read their 413 and 503; the request context is outermost, so that every
     # response, refusals and CORS preflights included, has a request id and is logged and counted.
-    # An upload endpoint gets its own, larger cap here: BodyLimits(default, {prefix: cap}).
-    app.add_middleware(BodySizeLimitMiddleware, limits=BodyLimits(settings.max_body_bytes))
+    # Document uploads get their own, larger cap.
+    limits = BodyLimits(settings.max_body_bytes, {"/v1/documents": settings.max_upload_bytes})
+    app.add_middleware(BodySizeLimitMiddleware, limits=limits)
     app.add_middleware(AdmissionMiddleware, limiter=limiter)
     if settings.cors_origins:
         # Closed unless configured: a browser page on any other origin is refused.
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Content-Type", "Authorization"],
             expose_headers=["Retry-After", "X-Request-ID"],
             max_age=600,

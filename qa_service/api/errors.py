@@ -14,12 +14,20 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from qa_service.errors import (
+    AuthenticationError,
+    DocumentExistsError,
     DocumentNotFoundError,
+    IndexBusyError,
     IndexCorruptError,
     IndexNotFoundError,
     IndexStaleError,
+    InvalidDocumentError,
+    LastDocumentError,
     QAError,
     ServiceNotReadyError,
+    StorageError,
+    UnsupportedDocumentTypeError,
+    WritesDisabledError,
 )
 
 logger = logging.getLogger(__name__)
@@ -30,6 +38,14 @@ STATUS_FOR: dict[type[QAError], int] = {
     IndexNotFoundError: 503,
     IndexCorruptError: 503,
     IndexStaleError: 503,
+    IndexBusyError: 503,
+    AuthenticationError: 401,
+    WritesDisabledError: 403,
+    DocumentExistsError: 409,
+    LastDocumentError: 409,
+    UnsupportedDocumentTypeError: 415,
+    InvalidDocumentError: 422,
+    StorageError: 500,
 }
 RETRY_AFTER_SECONDS = "5"
 
@@ -45,6 +61,8 @@ async def _qa_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, QAError)
     status = _status(exc)
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
     return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
 

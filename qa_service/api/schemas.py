@@ -324,3 +324,34 @@ class ErrorResponse(BaseModel):
 
 class BatchResponse(BaseModel):
     results: list[AskResponse] = Field(description="One /v1/ask response per question, in order.")
+
+
+class DocumentIn(BaseModel):
+    """A document sent as JSON to `POST /v1/documents` or `PUT /v1/documents/{id}`."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "field-notes-2024",
+                    "title": "Field notes, spring 2024",
+                    "text": "The shelter in Tirana opened a second house in March 2024.",
+                    "metadata": {"publisher": "NGO", "date": "2024-04-02"},
+                }
+            ]
+        },
+    )
+
+    id: str | None = Field(
+        None,
+        max_length=128,
+        description="Letters, digits, '.', '_', '-' in segments joined by '/'; generated "
+        "when absent (POST), must equal the path's id when given (PUT).",
+    )
+    title: str | None = Field(None, max_length=1000)
+    source: str | None = Field(None, max_length=2000)
+    text: str = Field(description="The document's text: what citations will point into.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Fields shown with citations and used by filters."
+    )

@@ -21,6 +21,7 @@ from qa_service.cli.common import (
     settings_from_flags,
     user_errors,
 )
+from qa_service.cli.documents import add, remove
 from qa_service.cli.eval import evaluate
 from qa_service.indexing import build_index
 from qa_service.service import make_splitter
@@ -117,7 +118,7 @@ def ask(
     settings = settings_from_flags(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
     service = load_service(settings)
     timed = service.ask(request.question, request.top_k, request.min_score, request.mode)
-    response = AskResponse.from_answer(timed.answer, service.index.documents, timed.took_ms)
+    response = AskResponse.from_answer(timed.answer, timed.documents, timed.took_ms)
     if as_json:
         print(response.model_dump_json(indent=2))
         return
@@ -153,3 +154,5 @@ def _print_answer(response: AskResponse, min_score: float) -> None:
 
 
 app.command(name="eval")(evaluate)
+app.command(name="add")(add)
+app.command(name="remove")(remove)

@@ -67,6 +67,12 @@ def partner_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         httpd.shutdown()
 
 
+def server_log(settings: Settings, url: str) -> Path:
+    """Where `launch` writes the output of the server at `url`."""
+    port = url.rsplit(":", 1)[1]
+    return Path(f"{settings.index_dir}-server-{port}.log")
+
+
 def launch(
     settings: Settings, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -75,7 +81,7 @@ def launch(
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "QA_CORPUS_DIR": str(settings.corpus_dir),
            "QA_INDEX_DIR": str(settings.index_dir), **(env or {})}  # fmt: skip
-    log_path = Path(str(settings.index_dir) + f"-server-{port}.log")
+    log_path = server_log(settings, url)
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "qa_service.cli", "serve", "--port", str(port)],

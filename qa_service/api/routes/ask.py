@@ -21,7 +21,7 @@ QUESTION_ERRORS: dict[int | str, dict[str, Any]] = {
         "model": ErrorResponse,
         "description": "Model or index not loaded yet, or too many questions in flight "
         "(QA_MAX_CONCURRENT_REQUESTS); retry after `Retry-After` seconds.",
-    }
+    },
 }
 
 
@@ -31,7 +31,7 @@ def ask(body: AskRequest, service: ServiceDep, request: Request) -> AskResponse:
     filters = body.filters.to_filters() if body.filters else None
     timed = service.ask(body.question, body.top_k, body.min_score, body.mode, filters)
     record_answers(request, "/v1/ask", [timed.answer.answerable], body.question)
-    return AskResponse.from_answer(timed.answer, service.index.documents, timed.took_ms)
+    return AskResponse.from_answer(timed.answer, timed.documents, timed.took_ms)
 
 
 @router.post("/ask/batch", responses=QUESTION_ERRORS)
@@ -41,7 +41,6 @@ def ask_batch(body: BatchRequest, service: ServiceDep, request: Request) -> Batc
     filters = body.filters.to_filters() if body.filters else None
     timed = service.ask_many(body.questions, body.top_k, body.min_score, body.mode, filters)
     record_answers(request, "/v1/ask/batch", [t.answer.answerable for t in timed])
-    documents = service.index.documents
     return BatchResponse(
-        results=[AskResponse.from_answer(t.answer, documents, t.took_ms) for t in timed]
+        results=[AskResponse.from_answer(t.answer, t.documents, t.took_ms) for t in timed]
     )

@@ -56,7 +56,7 @@ def chat(
     filters = body.filters.to_filters() if body.filters else None
     timed = service.ask(question, body.top_k, body.min_score, body.mode, filters, query=query)
     record_answers(request, "/v1/chat", [timed.answer.answerable], question)
-    response = AskResponse.from_answer(timed.answer, service.index.documents, timed.took_ms)
+    response = AskResponse.from_answer(timed.answer, timed.documents, timed.took_ms)
     result = ChatResponse(**dict(response), query=query)
     if body.stream or "text/event-stream" in request.headers.get("accept", ""):
         # The answer is complete before the first event is sent, so an error is still a plain

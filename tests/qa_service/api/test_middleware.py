@@ -9,7 +9,6 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -20,6 +19,7 @@ from qa_service.api import create_app
 from qa_service.api.middleware import BodyLimits, JsonFormatter, request_id_var
 from qa_service.config import Settings
 from qa_service.service import QAService
+from tests.qa_service.conftest import server_log
 
 QUESTION = "Who took part in the Regional Expert Group Meeting in Skopje?"
 CHAT = {"messages": [{"role": "user", "content": "What is GRETA?"}]}
@@ -411,7 +411,7 @@ def test_qa_serve_writes_one_access_line_per_request(server: str, settings: Sett
                           headers={"X-Request-ID": "serve-log-1"}, timeout=30)  # fmt: skip
     assert response.status_code == 200
     assert response.headers["x-request-id"] == "serve-log-1"
-    log_path = Path(str(settings.index_dir) + "-server.log")
+    log_path = server_log(settings, server)
     # The line is written once the response is sent, so it may trail the response a little.
     deadline = time.monotonic() + 10
     while "serve-log-1" not in (log := log_path.read_text()) and time.monotonic() < deadline:

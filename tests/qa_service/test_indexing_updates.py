@@ -1,0 +1,287 @@
+"""Incremental updates and the embedding cache, with the real model on small documents."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embeddings import Encoder, Vectors
+from qa_service.chunking import PassageSplitter
+from qa_service.config import Settings
+from qa_service.documents import Document
+from qa_service.errors import (
+    DocumentExistsError,
+    DocumentNotFoundError,
+    IndexBusyError,
+    InvalidDocumentError,
+    LastDocumentError,
+    UnsupportedDocumentTypeError,
+)
+from qa_service.indexing import (
+    EmbeddingCache,
+    TermCache,
+    build_index,
+    corpus_fingerprint,
+    index_documents,
+    update_index,
+)
+from qa_service.service import QAService, ensure_index
+from qa_service.store import current_generation_name, index_lock, load_index
+from qa_service.updates import NewDocument, write_durably
+
+DOCS = [
+    Document("a", "Alpha is the first letter. It starts the alphabet. Beta comes next.", "A"),
+    Document("b", "Water boils at 100 degrees. Ice melts at zero. Steam is hot."),
+    Document("c", "Rivers flow to the sea. The Drina is a river in the Balkans."),
+]
+
+
+class CountingEncoder:
+    """The real encoder, counting the texts it is asked to encode."""
+
+    def __init__(self, inner: Encoder) -> None:
+        self._inner = inner
+        self.encoded: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def encode_passages(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Vectors:
+        self.encoded.extend(texts)
+        return self._inner.encode_passages(texts, batch_size, on_batch)
+
+
+def _splitter(encoder: Encoder) -> PassageSplitter:
+    return PassageSplitter(encoder, 12, 1)
+
+
+def test_an_update_equals_a_rebuild(encoder: Encoder) -> None:
+    splitter = _splitter(encoder)
+    base = index_documents(DOCS[:2], encoder, splitter, "f")
+    new_b = Document("b", "Water freezes at zero. Steam rises from boiling water.")
+    updated = update_index(base, encoder, splitter, remove={"a"}, add=[DOCS[2], new_b],
+                           terms=TermCache())  # fmt: skip
+    rebuilt = index_documents([DOCS[2], new_b], encoder, splitter, "f")
+    assert set(updated.documents) == {"b", "c"}
+    assert updated.documents["b"] == new_b
+    assert sorted(p.id for p in updated.passages) == sorted(p.id for p in rebuilt.passages)
+    for passage in updated.passages:
+        assert updated.documents[passage.document_id].text[passage.start : passage.end] == (
+            passage.text
+        )
+    # The same vectors and BM25 scores, whatever the order the passages are kept in.
+    order = {p.id: i for i, p in enumerate(rebuilt.passages)}
+    positions = np.array([order[p.id] for p in updated.passages])
+    all_ids = np.arange(len(updated.passages))
+    np.testing.assert_allclose(
+        updated.vectors.vectors(all_ids), rebuilt.vectors.vectors(positions), atol=1e-5
+    )
+    question = "At what temperature does water freeze?"
+    np.testing.assert_allclose(
+        updated.lexical.scores(question), rebuilt.lexical.scores(question)[positions], atol=1e-6
+    )
+    assert updated.unit_vectors is not None and rebuilt.unit_vectors is not None
+    for doc_id in ("b", "c"):
+        mine = updated.unit_vectors[updated.unit_offsets[doc_id] :][: len(updated.units[doc_id])]
+        theirs = rebuilt.unit_vectors[rebuilt.unit_offsets[doc_id] :][: len(rebuilt.units[doc_id])]
+        np.testing.assert_allclose(mine, theirs, atol=1e-5)
+    # The base is untouched: readers holding it keep a consistent index.
+    assert set(base.documents) == {"a", "b"} and len(base.vectors) == len(base.passages)
+
+
+def test_an_update_encodes_only_new_text(encoder: Encoder) -> None:
+    counting = CountingEncoder(encoder)
+    splitter = _splitter(encoder)
+    base = index_documents(DOCS, encoder, splitter, "f")
+    replaced = Document("c", "Rivers flow to the sea. The Neretva is a river too.")
+    update_index(base, counting, splitter, add=[replaced])  # type: ignore[arg-type]
+    # The unchanged sentence of the replaced version comes from the old vectors.
+    assert "Rivers flow to the sea." not in counting.encoded
+    assert "The Neretva is a river too." in counting.encoded
+    assert not any("Alpha" in t or "Water" in t for t in counting.encoded)
+
+
+def test_a_rebuild_reuses_the_vectors_of_the_index_it_replaces(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for document in DOCS:
+        (corpus / f"{document.id}.txt").write_text(document.text)
+    counting = CountingEncoder(encoder)
+    splitter = _splitter(encoder)
+    build_index(corpus, tmp_path / "idx", counting, splitter)  # type: ignore[arg-type]
+    first = len(counting.encoded)
+    (corpus / "d.txt").write_text("Mountains are high. Snow covers their tops in winter.")
+    counting.encoded.clear()
+    build_index(corpus, tmp_path / "idx", counting, splitter)  # type: ignore[arg-type]
+    assert 0 < len(counting.encoded) < first
+    assert all("Mountains" in t or "Snow" in t for t in counting.encoded)
+
+
+def test_the_cache_refuses_another_model(encoder: Encoder) -> None:
+    with pytest.raises(ValueError, match="cache of"):
+        EmbeddingCache("another-model").encode(["x"], encoder)
+
+
+@pytest.fixture
+def writable(tmp_path: Path, encoder: Encoder) -> tuple[QAService, Settings]:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for document in DOCS:
+        (corpus / f"{document.id}.txt").write_text(document.text)
+    (corpus / "metadata.json").write_text('{"a": {"title": "Letters", "publisher": "P"}}')
+    settings = Settings(corpus_dir=corpus, index_dir=tmp_path / "idx", passage_tokens=16)
+    return QAService.from_settings(settings, encoder=encoder), settings
+
+
+def _state(service: QAService, settings: Settings) -> tuple[str | None, list[str], set[str]]:
+    files = {p.relative_to(settings.corpus_dir).as_posix()
+             for p in settings.corpus_dir.rglob("*") if p.is_file()}  # fmt: skip
+    return current_generation_name(settings.index_dir), sorted(service.index.documents), files
+
+
+def test_writes_keep_the_corpus_folder_and_the_index_in_step(
+    writable: tuple[QAService, Settings], encoder: Encoder
+) -> None:
+    service, settings = writable
+    (result,) = service.add_documents(
+        [("notes/d", NewDocument.from_fields("Quillfeather lives in Durres.", title="D",
+                                             metadata={"date": "2024-01-01"}))]
+    )  # fmt: skip
+    assert result.created and result.passages == 1
+    assert (settings.corpus_dir / "notes" / "d.json").exists()
+    service.add_documents([("a", NewDocument(b"Alpha was replaced.", ".md"))], "upsert")
+    assert not (settings.corpus_dir / "a.txt").exists()
+    assert service.document("a").text == "Alpha was replaced."
+    assert service.document("a").title == "Letters"  # metadata.json still applies
+    service.remove_documents(["b"])
+    assert not (settings.corpus_dir / "b.txt").exists()
+
+    # The index on disk is what a restart loads, and it is not stale: no rebuild.
+    saved = load_index(settings.index_dir)
+    assert saved.manifest.corpus_fingerprint == corpus_fingerprint(settings.corpus_dir)
+    assert saved.documents == service.index.documents
+    generation = current_generation_name(settings.index_dir)
+    assert ensure_index(settings, encoder).documents == service.index.documents
+    assert current_generation_name(settings.index_dir) == generation
+    # And a full rebuild gives the same documents and passages.
+    rebuilt, _ = build_index(settings.corpus_dir, settings.index_dir, encoder,
+                             PassageSplitter(encoder, 16, 1))  # fmt: skip
+    assert rebuilt.documents == service.index.documents
+    assert sorted(p.id for p in rebuilt.passages) == sorted(p.id for p in service.index.passages)
+    hit = service.ask("Where does Quillfeather live?").answer.passages[0].hit
+    assert hit.passage.document_id == "notes/d"
+
+
+@pytest.mark.parametrize(
+    ("items", "mode", "error"),
+    [
+        ([("a", NewDocument(b"dup", ".txt"))], "create", DocumentExistsError),
+        ([("x", NewDocument(b"%PDF", ".exe"))], "create", UnsupportedDocumentTypeError),
+        ([("x", NewDocument(b"", ".txt"))], "create", InvalidDocumentError),
+        ([("x", NewDocument(b"  \n ", ".txt"))], "create", InvalidDocumentError),
+        ([("x", NewDocument(b"\xff\xfe bad", ".txt"))], "create", InvalidDocumentError),
+        ([("x", NewDocument(b"%PDF-1.4 broken", ".pdf"))], "create", InvalidDocumentError),
+        ([("x", NewDocument(b'{"title": 1}', ".json"))], "create", InvalidDocumentError),
+        ([("../escape", NewDocument(b"text", ".txt"))], "upsert", InvalidDocumentError),
+        ([("metadata", NewDocument(b"text", ".json"))], "upsert", InvalidDocumentError),
+        ([("x", NewDocument(b"ok", ".txt")), ("y", NewDocument(b"", ".txt"))], "create",
+         InvalidDocumentError),
+    ],
+)  # fmt: skip
+def test_bad_writes_change_nothing(
+    writable: tuple[QAService, Settings],
+    items: list[tuple[str, NewDocument]],
+    mode: str,
+    error: type[Exception],
+) -> None:
+    service, settings = writable
+    before = _state(service, settings)
+    with pytest.raises(error):
+        service.add_documents(items, mode)  # type: ignore[arg-type]
+    assert _state(service, settings) == before
+
+
+def test_bad_removals_change_nothing(writable: tuple[QAService, Settings]) -> None:
+    service, settings = writable
+    before = _state(service, settings)
+    with pytest.raises(DocumentNotFoundError):
+        service.remove_documents(["a", "missing"])
+    with pytest.raises(LastDocumentError):
+        service.remove_documents(["a", "b", "c"])
+    assert _state(service, settings) == before
+
+
+def test_a_failed_save_undoes_the_corpus_change(
+    writable: tuple[QAService, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, settings = writable
+    before = _state(service, settings)
+    old_text = (settings.corpus_dir / "a.txt").read_bytes()
+
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("qa_service.updates.save_index", disk_full)
+    with pytest.raises(OSError):
+        service.add_documents([("a", NewDocument(b"New alpha.", ".md"))], "upsert")
+    with pytest.raises(OSError):
+        service.remove_documents(["b"])
+    assert _state(service, settings) == before
+    assert (settings.corpus_dir / "a.txt").read_bytes() == old_text
+
+
+def test_a_crash_after_the_corpus_write_is_completed_at_start_up(
+    writable: tuple[QAService, Settings], encoder: Encoder
+) -> None:
+    """The corpus file is in place but the index was not saved: start-up rebuilds it, and
+    encodes only the new document."""
+    _, settings = writable
+    write_durably(settings.corpus_dir / "e.txt", b"Kestrels hover above the Prokletije.")
+    counting = CountingEncoder(encoder)
+    data = ensure_index(settings, counting)  # type: ignore[arg-type]
+    assert "e" in data.documents
+    assert counting.encoded and all("Kestrels" in t for t in counting.encoded)
+
+
+def test_a_write_takes_up_a_generation_written_by_another_process(
+    writable: tuple[QAService, Settings], encoder: Encoder
+) -> None:
+    service, settings = writable
+    other = QAService.from_settings(settings, encoder=encoder)  # as `qa add` would
+    other.add_documents([("f", NewDocument(b"Falcons nest on cliffs.", ".txt"))])
+    service.add_documents([("g", NewDocument(b"Gulls follow the ferries.", ".txt"))])
+    assert {"f", "g"} <= set(service.index.documents)
+    other.add_documents([("h", NewDocument(b"Herons wait in the reeds.", ".txt"))])
+    assert service.refresh() and "h" in service.index.documents
+    assert not service.refresh()
+
+
+def test_the_index_lock_excludes_other_processes(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from qa_service.store import index_lock\n"
+         f"with index_lock(Path({str(tmp_path)!r})):\n"
+         "    print('locked', flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(IndexBusyError), index_lock(tmp_path, timeout=0.3):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with index_lock(tmp_path, timeout=5), index_lock(tmp_path, timeout=0):  # re-entrant
+        pass
