@@ -297,10 +297,3 @@ class QAService:
             return self.index.documents[document_id]
         except KeyError:
             raise DocumentNotFoundError(document_id) from None
-
-    def passage_counts(self, index: IndexData | None = None) -> dict[str, int]:
-        index = index or self.index
-        counts = dict.fromkeys(index.documents, 0)
-        for passage in index.passages:
-            counts[passage.document_id] += 1
-        return counts

@@ -96,6 +96,12 @@ class IndexData:
                 f"{len(self.passages)} passages but {len(self.vectors)} vectors"
             )
 
+    def passage_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.documents, 0)
+        for passage in self.passages:
+            counts[passage.document_id] += 1
+        return counts
+
     def unit_rows(self, passage: Passage) -> range:
         offset = self.unit_offsets[passage.document_id]
         return range(offset + passage.first_unit, offset + passage.last_unit)

@@ -18,6 +18,8 @@ source and metadata survive a rebuild; an uploaded file is kept as it came.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import uuid
@@ -69,8 +71,6 @@ class NewDocument:
         metadata: Mapping[str, Any] | None = None,
     ) -> NewDocument:
         """A document given as fields (the API's JSON body), kept as a JSON document."""
-        import json
-
         value: dict[str, Any] = {"text": text}
         value.update({k: v for k, v in (("title", title), ("source", source)) if v is not None})
         if metadata:
@@ -239,7 +239,7 @@ class DocumentUpdater:
             change.rollback()
             _raise_storage_error(exc)
             raise
-        counts = _passage_counts(data)
+        counts = data.passage_counts()
         results = [
             WriteResult(d, counts[d.id], created=d.id not in base.documents) for d in documents
         ]
@@ -315,13 +315,4 @@ def _raise_storage_error(exc: BaseException) -> None:
 
 
 def _sha256(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(data).hexdigest()
-
-
-def _passage_counts(data: IndexData) -> dict[str, int]:
-    counts = dict.fromkeys(data.documents, 0)
-    for passage in data.passages:
-        counts[passage.document_id] += 1
-    return counts

@@ -68,7 +68,7 @@ _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
 @router.get("", dependencies=[ReadAccess], responses=_AUTH_ERRORS)
 def list_documents(service: ServiceDep) -> DocumentList:
     index = service.index  # one snapshot: a write meanwhile cannot mix two states
-    counts = service.passage_counts(index)
+    counts = index.passage_counts()
     return DocumentList(
         documents=[
             DocumentSummary(id=d.id, title=d.title, source=d.source, passages=counts[d.id])
