@@ -5,11 +5,12 @@ process drives it over HTTP for a fixed time at each concurrency level with a mi
 the seed question sets (answerable and unanswerable) as `/v1/ask`, and two-turn conversations as
 `/v1/chat`. Prints per level: requests/s, p50/p95/p99 latency, errors (any non-2xx or transport
 failure; 503s are counted apart as shed load), and the server's resident memory at the start
-and end. In the same run and process it measures the floor: the same questions encoded in
-batches of 64 by the bare model plus an exact FAISS search, in questions/s.
+and end. With --writes-per-minute, a writer replaces and removes documents meanwhile (the server
+runs on a copy of the corpus). In the same run and process it measures the floor: the same
+questions encoded in batches of 64 by the bare model plus an exact FAISS search, in questions/s.
 
     python benchmarks/load.py [--seconds 30] [--levels 1 4 16 64]
-    python benchmarks/load.py --soak 600 --levels 16      # one long run, memory sampled
+    python benchmarks/load.py --soak 600 --levels 16 --writes-per-minute 6   # with writes
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import itertools
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -47,6 +49,8 @@ class Level:
     latencies_ms: list[float] = field(default_factory=list)
     errors: int = 0
     shed: int = 0
+    writes: int = 0
+    write_errors: int = 0
     seconds: float = 0.0
     rss_start: float = 0.0
     rss_end: float = 0.0
@@ -77,8 +81,36 @@ def request_mix(questions: list[str], seed: int) -> itertools.cycle[tuple[str, d
     return itertools.cycle(mix)
 
 
+API_KEY = "load-benchmark-key"
+
+
+async def write_documents(url: str, level: Level, deadline: float, per_minute: float) -> None:
+    """Replace one of three documents with new text, or remove it, at a steady pace."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    async with httpx.AsyncClient(base_url=url, timeout=120, headers=headers) as client:
+        i = 0
+        while time.monotonic() < deadline:
+            doc = f"soak-{i % 3}"
+            if i % 4 == 3:
+                response = await client.delete(f"/v1/documents/{doc}")
+                ok = response.status_code in (204, 404)
+            else:
+                text = f"Soak note {i}. The benchmark wrote the code word zq{i} into this text."
+                response = await client.put(f"/v1/documents/{doc}", json={"text": text})
+                ok = response.is_success
+            level.writes += 1
+            level.write_errors += not ok
+            i += 1
+            await asyncio.sleep(60 / per_minute)
+
+
 async def drive(
-    url: str, level: Level, seconds: float, pid: int | None, questions: list[str]
+    url: str,
+    level: Level,
+    seconds: float,
+    pid: int | None,
+    questions: list[str],
+    writes_per_minute: float = 0,
 ) -> None:
     mix = request_mix(questions, seed=level.concurrency)
     limits = httpx.Limits(max_connections=level.concurrency)
@@ -111,7 +143,12 @@ async def drive(
 
     started = time.monotonic()
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        await asyncio.gather(sample_memory(), *(worker(client) for _ in range(level.concurrency)))
+        writer = [write_documents(url, level, deadline, writes_per_minute)] * (
+            writes_per_minute > 0
+        )
+        await asyncio.gather(
+            sample_memory(), *writer, *(worker(client) for _ in range(level.concurrency))
+        )
     level.seconds = time.monotonic() - started
     if pid is not None:
         level.rss_end = rss_mib(pid)
@@ -142,6 +179,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30, help="duration of each level")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--soak", type=float, help="one run of this many seconds per level")
+    parser.add_argument("--writes-per-minute", type=float, default=0, help="document writes")
     parser.add_argument("--url", help="a running server to measure instead of starting one")
     parser.add_argument("--pid", type=int, help="the running server's process id, for memory")
     args = parser.parse_args()
@@ -152,9 +190,9 @@ def main() -> None:
     index_dir = work / "index"
     process, url, pid = None, args.url, args.pid
     if url is None:
-        # Headroom above the highest level, so admission control does not shed this benchmark.
-        env = {"QA_MAX_CONCURRENT_REQUESTS": str(max(args.levels) * 2)}
-        process, url = start_server(ROOT / "corpus", index_dir, env)
+        corpus = work / "corpus"  # writes change the corpus folder: never the shipped one
+        shutil.copytree(ROOT / "corpus", corpus)
+        process, url = start_server(corpus, index_dir, {"QA_API_KEYS": API_KEY})
         pid = process.pid
     levels = []
     try:
@@ -163,7 +201,7 @@ def main() -> None:
                 client.post("/v1/ask", json={"question": q}).raise_for_status()
         for concurrency in args.levels:
             level = Level(concurrency)
-            asyncio.run(drive(url, level, seconds, pid, questions))
+            asyncio.run(drive(url, level, seconds, pid, questions, args.writes_per_minute))
             levels.append(level)
             print(f"level {concurrency} done: {len(level.latencies_ms)} requests", flush=True)
     finally:
@@ -177,6 +215,10 @@ def main() -> None:
     print(" conc.    req/s    p50 ms   p95 ms   p99 ms  errors   shed  RSS MiB start / end")
     for level in levels:
         print(level.line())
+    for level in levels:
+        if level.writes:
+            print(f"concurrency {level.concurrency}: {level.writes} document writes, "
+                  f"{level.write_errors} failed")  # fmt: skip
     if bare is not None:
         print(f"\nbare batched encode + FAISS search (batches of 64): {bare:.1f} questions/s")
         for level in levels:

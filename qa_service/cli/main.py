@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 from typing import Annotated
 
 import typer
@@ -25,6 +28,8 @@ from qa_service.cli.documents import add, remove
 from qa_service.cli.eval import evaluate
 from qa_service.indexing import build_index
 from qa_service.service import make_splitter
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -60,6 +65,20 @@ def index(corpus_dir: CorpusOpt = None, index_dir: IndexOpt = None, model: Model
             out.print(f"  {escape(str(name))}: {escape(skipped.reason)}", soft_wrap=True)
 
 
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas, unless the operator set MALLOC_ARENA_MAX.
+
+    By default each worker thread may get an arena of its own, which batches of many shapes
+    fragment: under steady load the server kept growing (docs/benchmarks.md, soak). Set here, the
+    cap misses arenas made before it; MALLOC_ARENA_MAX=2 in the environment (the Dockerfile and
+    scripts/serve.sh set it) does best.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address [env QA_HOST].")] = None,
@@ -78,6 +97,7 @@ def serve(
         host=host, port=port, corpus_dir=corpus_dir, index_dir=index_dir, model=model
     )
     configure_logging(json_lines=settings.log_json)
+    _limit_malloc_arenas()
     service = load_service(settings)
     out.print(
         f"Serving {len(service.index.documents)} documents on http://{settings.host}:{settings.port}"
