@@ -72,6 +72,14 @@ class Settings(BaseSettings):
         description="Question requests (/v1/ask, /v1/ask/batch, /v1/chat) served at once; more "
         "get 503 with Retry-After at once instead of queueing.",
     )
+    max_wait_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="How long a question may wait for the model, which answers one batch at a "
+        "time, before it gets 503 with Retry-After; answering itself is bounded by the input "
+        "limits.",
+    )
     log_questions: bool = Field(
         False,
         description="Log the text of each question (sensitive: off by default).",

@@ -31,6 +31,10 @@ class IndexStaleError(QAError):
     """The index was built from another corpus, model or passage settings."""
 
 
+class ServiceBusyError(QAError):
+    """A question waited longer than its budget for the model (QA_MAX_WAIT_SECONDS)."""
+
+
 class ServiceNotReadyError(QAError):
     """The model or index is not loaded yet, or the service is shutting down."""
 

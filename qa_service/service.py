@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from embeddings import Encoder, load_encoder
-from embeddings.batching import QueryBatcher
+from embeddings import Encoder, Vectors, load_encoder
+from embeddings.batching import QueryBatcher, QueueTimeoutError
 from qa_service.answering import Answer, AnswerBuilder, min_score_for
 from qa_service.chunking import PassageSplitter
 from qa_service.config import Settings
@@ -27,6 +27,7 @@ from qa_service.errors import (
     IndexNotFoundError,
     IndexStaleError,
     QAError,
+    ServiceBusyError,
     WritesDisabledError,
 )
 from qa_service.indexing import ProgressFactory, build_index, stale_reasons
@@ -111,10 +112,12 @@ class QAService:
         mode: Mode = "hybrid",
         dense_weight: float = DENSE_WEIGHT,
         updater: DocumentUpdater | None = None,
+        max_wait: float | None = None,
     ) -> None:
         """`min_score` None means the threshold calibrated for the model and each mode.
 
         Without an `updater` (an index folder to write to), document writes are refused.
+        `max_wait` bounds a question's wait for the model (None: no bound).
         """
         self.encoder = encoder
         self.dense_weight = dense_weight
@@ -125,7 +128,7 @@ class QAService:
         self.mode: Mode = mode
         self._min_score = min_score
         # Concurrent requests share model calls (embeddings/batching.py).
-        self._queries = QueryBatcher(encoder.encode_queries)
+        self._queries = QueryBatcher(encoder.encode_queries, max_wait=max_wait)
         self._updater = updater
         self._write_lock = threading.Lock()  # in-process writers; `index_lock` across processes
 
@@ -159,7 +162,7 @@ class QAService:
         )  # fmt: skip
         service = cls(
             loaded, index, settings.min_score, settings.top_k, settings.mode,
-            settings.dense_weight, updater,
+            settings.dense_weight, updater, settings.max_wait_seconds,
         )  # fmt: skip
         if encoder is None:
             service.load_seconds["model"] = model_seconds
@@ -208,11 +211,11 @@ class QAService:
         threshold = self.threshold(mode) if min_score is None else min_score
         if queries is None:
             queries = questions
-            vectors = query_vectors = self._queries.encode(questions)
+            vectors = query_vectors = self._encode(questions)
         else:
             if len(queries) != len(questions):
                 raise ValueError("one query per question")
-            both = self._queries.encode([*questions, *queries])
+            both = self._encode([*questions, *queries])
             vectors, query_vectors = both[: len(questions)], both[len(questions) :]
         hits = state.retriever.retrieve(queries, query_vectors, top_k or self.top_k, mode, filters)
         answers = [
@@ -221,6 +224,12 @@ class QAService:
         ]
         took_ms = (time.perf_counter() - started) * 1000 / max(len(questions), 1)
         return [TimedAnswer(a, took_ms, state.index.documents) for a in answers]
+
+    def _encode(self, texts: Sequence[str]) -> Vectors:
+        try:
+            return self._queries.encode(texts)
+        except QueueTimeoutError as exc:
+            raise ServiceBusyError(f"the model is busy: {exc}; try again shortly") from exc
 
     def documents(self, index: IndexData | None = None) -> list[Document]:
         """The documents of `index` (a snapshot taken with `self.index`), or of the live one."""

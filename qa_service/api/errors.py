@@ -24,6 +24,7 @@ from qa_service.errors import (
     InvalidDocumentError,
     LastDocumentError,
     QAError,
+    ServiceBusyError,
     ServiceNotReadyError,
     StorageError,
     UnsupportedDocumentTypeError,
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 STATUS_FOR: dict[type[QAError], int] = {
     DocumentNotFoundError: 404,
     ServiceNotReadyError: 503,
+    ServiceBusyError: 503,
     IndexNotFoundError: 503,
     IndexCorruptError: 503,
     IndexStaleError: 503,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from embeddings import Encoder, Vectors
-from embeddings.batching import QueryBatcher, _Request
+from embeddings.batching import QueryBatcher, QueueTimeoutError, _Request
 
 
 def test_a_lone_call_is_encoded_at_once(encoder: Encoder) -> None:
@@ -74,3 +74,25 @@ def test_an_error_reaches_the_caller_and_the_batcher_goes_on(encoder: Encoder) -
 def test_max_batch_must_be_positive(encoder: Encoder) -> None:
     with pytest.raises(ValueError, match="max_batch"):
         QueryBatcher(encoder.encode_queries, max_batch=0)
+
+
+def test_a_caller_that_waits_past_its_budget_is_withdrawn(encoder: Encoder) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def encode(texts: Sequence[str]) -> Vectors:
+        if "slow" in texts:
+            started.set()
+            release.wait(timeout=30)  # hold the model
+        return encoder.encode_queries(texts)
+
+    batcher = QueryBatcher(encode, max_wait=0.2)
+    with ThreadPoolExecutor(2) as pool:
+        holder = pool.submit(batcher.encode, ["slow"])
+        assert started.wait(timeout=30)
+        with pytest.raises(QueueTimeoutError, match=r"waited over 0\.2 s"):
+            batcher.encode(["What is GRETA?"])
+        assert batcher._queue == []  # withdrawn: never encoded later
+        release.set()
+        assert holder.result().shape == (1, encoder.dimension)
+    assert batcher.calls == 1
+    assert batcher.encode(["What is GRETA?"]).shape == (1, encoder.dimension)

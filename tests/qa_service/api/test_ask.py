@@ -3,6 +3,10 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from qa_service.api import create_app
+from qa_service.config import Settings
+from qa_service.service import QAService
+
 
 def test_ask_returns_the_contract(client: TestClient) -> None:
     question = "Why are the real numbers of trafficking victims hard to measure?"
@@ -111,3 +115,16 @@ def test_batch_limits(client: TestClient, payload: dict[str, object]) -> None:
     response = client.post("/v1/ask/batch", json=payload)
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"][:2] in (["body", "questions"], ["body", "top_k"])
+
+
+def test_a_question_that_cannot_get_the_model_in_time_gets_503(
+    settings: Settings, service: QAService
+) -> None:
+    impatient = QAService(service.encoder, service.index, None, 5, max_wait=0.05)
+    with TestClient(create_app(settings, impatient)) as test_client:
+        with impatient._queries._model_lock:  # another batch is being encoded, for too long
+            response = test_client.post("/v1/ask", json={"question": "What is GRETA?"})
+        assert response.status_code == 503
+        assert response.headers["retry-after"]
+        assert "the model is busy" in response.json()["detail"]
+        assert test_client.post("/v1/ask", json={"question": "What is GRETA?"}).status_code == 200
