@@ -23,6 +23,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class Level:
     shed: int = 0
     writes: int = 0
     write_errors: int = 0
+    error_kinds: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     rss_start: float = 0.0
     rss_end: float = 0.0
@@ -124,8 +126,9 @@ async def drive(
             t0 = time.perf_counter()
             try:
                 response = await client.post(path, json=body)
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
                 level.errors += 1
+                level.error_kinds[type(exc).__name__] += 1
                 continue
             if response.status_code == 503:
                 level.shed += 1
@@ -134,6 +137,7 @@ async def drive(
                 level.latencies_ms.append((time.perf_counter() - t0) * 1000)
             else:
                 level.errors += 1
+                level.error_kinds[f"HTTP {response.status_code}"] += 1
 
     async def sample_memory() -> None:
         start = time.monotonic()
@@ -216,6 +220,8 @@ def main() -> None:
     for level in levels:
         print(level.line())
     for level in levels:
+        if level.error_kinds:
+            print(f"concurrency {level.concurrency} errors: {dict(level.error_kinds)}")
         if level.writes:
             print(f"concurrency {level.concurrency}: {level.writes} document writes, "
                   f"{level.write_errors} failed")  # fmt: skip
