@@ -2,6 +2,7 @@
 
 from embeddings.encoder import (
     DEFAULT_MODEL,
+    E5_MODEL,
     Encoder,
     ModelNotAvailableError,
     Vectors,
@@ -11,6 +12,7 @@ from embeddings.index import IndexFormatError, VectorIndex
 
 __all__ = [
     "DEFAULT_MODEL",
+    "E5_MODEL",
     "Encoder",
     "IndexFormatError",
     "ModelNotAvailableError",

