@@ -21,6 +21,7 @@ from qa_service.store import IndexData
 # highest-scoring off-topic question and the lowest-scoring answerable one.
 CALIBRATED_MIN_SCORE: dict[str, dict[Mode, float]] = {
     "sentence-transformers/all-MiniLM-L6-v2": {"dense": 0.33, "lexical": 0.27, "hybrid": 0.25},
+    "intfloat/multilingual-e5-small": {"dense": 0.795, "lexical": 0.27, "hybrid": 0.31},
 }
 # For an uncalibrated model: cosine scores of unrelated texts vary by model; calibrate with
 # `qa eval` and set QA_MIN_SCORE.

@@ -1,27 +1,38 @@
 """Questions to ranked candidate passages: dense, lexical, or both fused.
 
-Hybrid scores are `DENSE_WEIGHT * dense + (1 - DENSE_WEIGHT) * lexical`, both on absolute
-scales, computed exactly for every candidate either retriever found. Absolute scores keep one
-abstention threshold meaningful across questions, which rank-based fusion (RRF) would not.
+Hybrid scores are `(1 - w) * dense + w * lexical`, both on absolute scales, computed exactly for
+every candidate either retriever found. Absolute scores keep one abstention threshold meaningful
+across questions, which rank-based fusion (RRF) would not. The lexical weight `w` is
+`(1 - DENSE_WEIGHT) * coverage`, where coverage is the share of the question's words that the
+English analyser recognises: stop words, and terms that occur in the index. BM25 can only judge
+words it can read, so a question in another language than the documents' (hardly any of its
+words are English stop words or indexed terms) is ranked by the embedding model alone, while an
+English question keeps the hybrid gain, and an English question about something the documents
+never mention (stop words, unknown terms) keeps its low lexical score as evidence.
 
 The dense score of a passage is the cosine similarity of the question with the passage or with
-its best sentence, whichever is higher (where sentence vectors exist): a passage is as relevant
-as the sentence that answers. The lexical score is BM25 as a share of the best attainable (see
-`lexical.py`).
+its best sentence, whichever is higher (where sentence vectors exist, and for models where that
+was measured to help, see `DENSE_SCORING`): a passage is as relevant as the sentence that
+answers. For fusion, a model's cosine is rescaled from the level unrelated texts reach (its
+`floor`) to 1, so that 0 means unrelated for both scores. The lexical score is BM25 as a share of
+the best attainable (see `lexical.py`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from bm25s.stopwords import STOPWORDS_EN_PLUS
 
 from embeddings import Vectors
 from qa_service.chunking import Passage, Span
 from qa_service.documents import Document
+from qa_service.lexical import Analyzer
 from qa_service.store import IndexData
 
 Mode = Literal["dense", "lexical", "hybrid"]
@@ -29,11 +40,31 @@ MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")
 
 # Measured on SciFact train and the seed question sets (docs/evaluation.md).
 DENSE_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class DenseScoring:
+    """How one model's cosine similarities enter ranking; measured per model."""
+
+    sentence_evidence: bool = True  # a passage scores as well as its best sentence
+    floor: float = 0.0  # cosine of unrelated texts: hybrid fusion rescales [floor, 1] to [0, 1]
+
+
+# Models not listed use the defaults (all-MiniLM-L6-v2's, whose unrelated texts score about 0).
+DENSE_SCORING: dict[str, DenseScoring] = {
+    # Every text scores 0.7 or more against every question, short ones (titles, a rule of
+    # underscores) highest of all, so a passage's best sentence says little: measured worse on
+    # the seed sets in every language (docs/evaluation.md).
+    "intfloat/multilingual-e5-small": DenseScoring(sentence_evidence=False, floor=0.7),
+}
 # Candidates each retriever contributes per passage asked for: room for overlap removal.
 CANDIDATE_FACTOR = 4
 MIN_CANDIDATES = 40
 # Overlapping windows merge into one passage of at most this many windows.
 MAX_MERGED_WINDOWS = 3
+# The lexical analyser's words and stop words (lexical.py).
+_WORD = re.compile(r"\w+")
+_STOPWORDS = frozenset(STOPWORDS_EN_PLUS)
 
 
 @dataclass(frozen=True)
@@ -123,6 +154,18 @@ class Retriever:
             raise ValueError("dense_weight must lie in [0, 1]")
         self._index = index
         self.dense_weight = dense_weight
+        self.scoring = DENSE_SCORING.get(index.manifest.model, DenseScoring())
+        self._analyzer = Analyzer()
+
+    def lexical_coverage(self, question: str) -> float:
+        """Share of the question's distinct words BM25 can read: English stop words, and terms
+        (stemmed as BM25 indexes them) that occur in the index."""
+        stop = {w for w in _WORD.findall(question.lower()) if w in _STOPWORDS}
+        terms = dict.fromkeys(self._analyzer.terms(question))
+        if not stop and not terms:
+            return 0.0
+        known, _ = self._index.lexical.query_ids(question)
+        return (len(stop) + len(known)) / (len(stop) + len(terms))
 
     def allowed_ids(self, filters: Filters | None) -> npt.NDArray[np.int64] | None:
         if filters is None:
@@ -168,7 +211,8 @@ class Retriever:
                     lexical = np.where(mask, lexical, -1.0)
                 top = np.argpartition(-lexical, depth - 1)[:depth]
                 candidates.update(dict.fromkeys(int(i) for i in top if lexical[i] > 0))
-            results.append(self._rank(list(candidates), vector, lexical, mode, k))
+            coverage = self.lexical_coverage(question) if mode == "hybrid" else 1.0
+            results.append(self._rank(list(candidates), vector, lexical, mode, k, coverage))
         return results
 
     def _rank(
@@ -178,6 +222,7 @@ class Retriever:
         lexical: npt.NDArray[np.float32] | None,
         mode: Mode,
         k: int,
+        coverage: float = 1.0,
     ) -> list[Hit]:
         if not ids:
             return []
@@ -185,8 +230,10 @@ class Retriever:
         dense = None
         if mode != "lexical":
             dense = self._index.vectors.vectors(id_array) @ vector
-            if self._index.unit_vectors is not None:
+            if self._index.unit_vectors is not None and self.scoring.sentence_evidence:
                 dense = np.maximum(dense, self._best_sentence_scores(ids, vector))
+        lexical_weight = (1 - self.dense_weight) * coverage
+        floor = self.scoring.floor
         hits = []
         for j, i in enumerate(ids):
             d = None if dense is None else float(dense[j])
@@ -197,7 +244,8 @@ class Retriever:
                 score = lex
             else:
                 assert d is not None and lex is not None
-                score = self.dense_weight * d + (1 - self.dense_weight) * lex
+                rescaled = (d - floor) / (1 - floor)
+                score = (1 - lexical_weight) * rescaled + lexical_weight * lex
             assert score is not None
             hits.append(Hit(self._index.passages[i], score, d, lex))
         hits.sort(key=lambda h: h.score, reverse=True)
