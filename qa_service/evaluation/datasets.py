@@ -29,6 +29,7 @@ class Question:
     answers: tuple[str, ...] = ()
     documents: tuple[str, ...] = ()
     unanswerable: bool = False
+    language: str | None = None  # a question set's optional tag; reports break metrics down by it
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ def _string_list(value: Any, name: str, where: str) -> tuple[str, ...]:
 
 
 def load_question_set(path: Path) -> QuestionSet:
-    """A JSON Lines file of `{"id", "question", "answers", "documents", "unanswerable"}`."""
+    """A JSON Lines file of `{"id", "question", "answers", "documents", "unanswerable"}`, with
+    an optional `language` tag; other fields are ignored."""
     questions: list[Question] = []
     seen: dict[str, int] = {}
     for number, row in _json_lines(path):
@@ -116,7 +118,10 @@ def load_question_set(path: Path) -> QuestionSet:
             raise EvaluationDataError(
                 f"{where}: an unanswerable question cannot have `answers` or `documents`"
             )
-        questions.append(Question(qid, text, answers, documents, unanswerable))
+        language = row.get("language")
+        if language is not None and (not isinstance(language, str) or not language.strip()):
+            raise EvaluationDataError(f"{where}: `language` must be a non-empty string")
+        questions.append(Question(qid, text, answers, documents, unanswerable, language))
     if not questions:
         raise EvaluationDataError(f"{path}: no questions")
     return QuestionSet(path.stem, questions)

@@ -68,6 +68,8 @@ def write_outputs(report: EvalReport, folder: Path) -> list[Path]:
                 "took_ms": round(r.took_ms, 3),
                 "metrics": r.metrics,
             }
+            if r.language is not None:
+                row["language"] = r.language
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     paths[2].write_text(render_html(data), encoding="utf-8")
     return paths
@@ -101,6 +103,37 @@ def _settings_line(data: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in data.get("settings", {}).items())
 
 
+# Per-language columns: (heading, metric) and abstentions as "abstained/of".
+_LANGUAGE_METRICS = (
+    ("acc@1", "accuracy@1"), ("acc@5", "accuracy@5"), ("mrr@10", "mrr@10"),
+    ("answer hit", "answer_hit_rate"),
+)  # fmt: skip
+
+
+def language_rows(data: dict[str, Any]) -> list[list[str]]:
+    """One row per language of a report's `by_language`: language, questions, the metrics of
+    `_LANGUAGE_METRICS`, answerable abstained, unanswerable abstained."""
+    rows = []
+    for language, s in data.get("by_language", {}).items():
+        answerable = int(s["questions"] - s["unanswerable"])
+        rows.append(
+            [
+                language,
+                str(int(s["questions"])),
+                *(_fmt(s.get(name)) for _, name in _LANGUAGE_METRICS),
+                f"{int(s['answerable_abstained'])}/{answerable}",
+                f"{int(s['unanswerable_abstained'])}/{int(s['unanswerable'])}",
+            ]
+        )
+    return rows
+
+
+_LANGUAGE_HEADINGS = (
+    "language", "questions", *(h for h, _ in _LANGUAGE_METRICS), "abst. answerable",
+    "abst. unanswerable",
+)  # fmt: skip
+
+
 def print_report(data: dict[str, Any], console: Console) -> None:
     counts = data.get("counts", {})
     console.print(
@@ -118,6 +151,13 @@ def print_report(data: dict[str, Any], console: Console) -> None:
         if name in data.get("latency", {}):
             table.add_row(f"latency {name}", _fmt(data["latency"][name]))
     console.print(table)
+    if data.get("by_language"):
+        languages = Table(show_header=True, header_style="bold")
+        for n, heading in enumerate(_LANGUAGE_HEADINGS):
+            languages.add_column(heading, justify="left" if n == 0 else "right")
+        for row in language_rows(data):
+            languages.add_row(*(escape(cell) for cell in row))
+        console.print(languages)
     console.print(f"[dim]{_LATENCY_NOTE}[/]")
     for note in data.get("notes", []):
         console.print(f"[yellow]note:[/] {escape(note)}")
@@ -265,6 +305,14 @@ def render_html(data: dict[str, Any]) -> str:
         for k, v in {**data.get("settings", {}), **data.get("counts", {})}.items()
     )
     notes = "".join(f"<li>{esc(n)}</li>" for n in data.get("notes", []))
+    languages = ""
+    if data.get("by_language"):
+        head = "".join(f"<th>{esc(h)}</th>" for h in _LANGUAGE_HEADINGS)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
+            for row in language_rows(data)
+        )
+        languages = f"<h2>Per language</h2><table><tr>{head}</tr>{body}</table>"
     hist_labels, hist = score_histogram(data.get("top_scores", {}))
     rank_labels, ranks = rank_distribution(data.get("first_relevant_ranks", []))
     return f"""<!DOCTYPE html>
@@ -275,6 +323,7 @@ table{{border-collapse:collapse;margin:1em 0}}td{{border:1px solid #ccc;padding:
 td:nth-child(2){{text-align:right;font-variant-numeric:tabular-nums}}</style></head><body>
 <h1>qa eval: {esc(str(data.get("dataset")))} ({esc(str(data.get("kind")))})</h1>
 <h2>Metrics</h2><table>{rows}</table>
+{languages}
 <p>{esc(_LATENCY_NOTE)}</p>
 {f"<ul>{notes}</ul>" if notes else ""}
 <h2>Best-passage score</h2>

@@ -65,6 +65,7 @@ class QuestionResult:
     answer_hit: bool | None  # None when there is no gold answer text to check
     took_ms: float
     metrics: dict[str, float] = field(default_factory=dict)
+    language: str | None = None
 
 
 @dataclass
@@ -78,6 +79,8 @@ class EvalReport:
     top_scores: dict[str, list[float]]  # "answerable" / "unanswerable"
     notes: list[str] = field(default_factory=list)
     per_question: list[QuestionResult] = field(default_factory=list)
+    # Question sets whose questions carry a `language`: counts and metrics per language.
+    by_language: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,26 @@ def _summary(results: Sequence[QuestionResult]) -> tuple[dict[str, float], dict[
     return metrics, counts
 
 
+def summary_by_language(results: Sequence[QuestionResult]) -> dict[str, dict[str, float]]:
+    """`_summary` of each language's questions (in order of first appearance), with how many
+    answerable and unanswerable questions were abstained on; questions without one are left out."""
+    groups: dict[str, list[QuestionResult]] = {}
+    for r in results:
+        if r.language is not None:
+            groups.setdefault(r.language, []).append(r)
+    summaries: dict[str, dict[str, float]] = {}
+    for language, group in groups.items():
+        metrics, _ = _summary(group)
+        summaries[language] = {
+            "questions": len(group),
+            "unanswerable": sum(r.unanswerable for r in group),
+            "answerable_abstained": sum(r.abstained and not r.unanswerable for r in group),
+            "unanswerable_abstained": sum(r.abstained and r.unanswerable for r in group),
+            **metrics,
+        }
+    return summaries
+
+
 def _top_scores(results: Sequence[QuestionResult]) -> dict[str, list[float]]:
     scores: dict[str, list[float]] = {"answerable": [], "unanswerable": []}
     for r in results:
@@ -192,6 +215,7 @@ def _result(
         answer_hit=answer_hit,
         took_ms=timed.took_ms,
         metrics=query_metrics(retrieved, qrels) if qrels else {},
+        language=question.language,
     )
 
 
@@ -275,6 +299,7 @@ def evaluate_question_set(
         top_scores=_top_scores(results),
         notes=notes,
         per_question=results,
+        by_language=summary_by_language(results),
     )
 
 
