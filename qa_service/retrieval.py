@@ -178,13 +178,16 @@ class Retriever:
     def retrieve(
         self,
         questions: Sequence[str],
-        question_vectors: Vectors,
+        question_vectors: Sequence[Vectors],
         k: int,
         mode: Mode = "hybrid",
         filters: Filters | None = None,
     ) -> list[list[Hit]]:
         """The `k` best passages for each question, best first; overlapping windows of the same
-        text are merged into one passage, ranked where the better of them ranked."""
+        text are merged into one passage, ranked where the better of them ranked.
+
+        Each question comes with a matrix: the vectors of its spellings (transliteration.py). A
+        passage's dense score is its best cosine with any of them."""
         if k < 1:
             raise ValueError("k must be at least 1")
         if mode not in MODES:
@@ -196,12 +199,14 @@ class Retriever:
 
         dense_ids: npt.NDArray[np.int64] | None = None
         if mode != "lexical":
-            _, dense_ids = self._index.vectors.search(question_vectors, depth, allowed)
+            _, dense_ids = self._index.vectors.search(np.vstack(question_vectors), depth, allowed)
+        bounds = np.cumsum([0, *(len(v) for v in question_vectors)])
         results = []
-        for row, (question, vector) in enumerate(zip(questions, question_vectors, strict=True)):
+        for row, (question, vectors) in enumerate(zip(questions, question_vectors, strict=True)):
             candidates: dict[int, None] = {}
             if dense_ids is not None:
-                candidates.update(dict.fromkeys(int(i) for i in dense_ids[row] if i >= 0))
+                found = dense_ids[bounds[row] : bounds[row + 1]].ravel()
+                candidates.update(dict.fromkeys(int(i) for i in found if i >= 0))
             lexical = None
             if mode != "dense":
                 lexical = self._index.lexical.scores(question)
@@ -212,13 +217,13 @@ class Retriever:
                 top = np.argpartition(-lexical, depth - 1)[:depth]
                 candidates.update(dict.fromkeys(int(i) for i in top if lexical[i] > 0))
             coverage = self.lexical_coverage(question) if mode == "hybrid" else 1.0
-            results.append(self._rank(list(candidates), vector, lexical, mode, k, coverage))
+            results.append(self._rank(list(candidates), vectors, lexical, mode, k, coverage))
         return results
 
     def _rank(
         self,
         ids: list[int],
-        vector: Vectors,
+        vectors: Vectors,
         lexical: npt.NDArray[np.float32] | None,
         mode: Mode,
         k: int,
@@ -229,9 +234,9 @@ class Retriever:
         id_array = np.asarray(ids, dtype=np.int64)
         dense = None
         if mode != "lexical":
-            dense = self._index.vectors.vectors(id_array) @ vector
+            dense = (self._index.vectors.vectors(id_array) @ vectors.T).max(axis=1)
             if self._index.unit_vectors is not None and self.scoring.sentence_evidence:
-                dense = np.maximum(dense, self._best_sentence_scores(ids, vector))
+                dense = np.maximum(dense, self._best_sentence_scores(ids, vectors))
         lexical_weight = (1 - self.dense_weight) * coverage
         floor = self.scoring.floor
         hits = []
@@ -251,13 +256,13 @@ class Retriever:
         hits.sort(key=lambda h: h.score, reverse=True)
         return self._merge_overlaps(hits, k)
 
-    def _best_sentence_scores(self, ids: list[int], vector: Vectors) -> npt.NDArray[np.float32]:
+    def _best_sentence_scores(self, ids: list[int], vectors: Vectors) -> npt.NDArray[np.float32]:
         assert self._index.unit_vectors is not None
         units = self._index.unit_vectors
         best = np.empty(len(ids), dtype=np.float32)
         for j, i in enumerate(ids):
             rows = self._index.unit_rows(self._index.passages[i])
-            best[j] = (units[rows.start : rows.stop] @ vector).max()
+            best[j] = (units[rows.start : rows.stop] @ vectors.T).max()
         return best
 
     def _merge_overlaps(self, hits: list[Hit], k: int) -> list[Hit]:

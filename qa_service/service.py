@@ -7,6 +7,7 @@ A question reads the state once, so it sees the index wholly before or wholly af
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -14,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from embeddings import Encoder, Vectors, load_encoder
 from embeddings.batching import QueryBatcher, QueueTimeoutError
@@ -39,6 +42,7 @@ from qa_service.store import (
     load_index,
     read_manifest,
 )
+from qa_service.transliteration import spellings
 from qa_service.updates import DocumentUpdater, NewDocument, WriteMode, WriteResult
 
 logger = logging.getLogger(__name__)
@@ -211,11 +215,11 @@ class QAService:
         threshold = self.threshold(mode) if min_score is None else min_score
         if queries is None:
             queries = questions
-            vectors = query_vectors = self._encode(questions)
+            vectors = query_vectors = self._encode_spellings(questions)
         else:
             if len(queries) != len(questions):
                 raise ValueError("one query per question")
-            both = self._encode([*questions, *queries])
+            both = self._encode_spellings([*questions, *queries])
             vectors, query_vectors = both[: len(questions)], both[len(questions) :]
         hits = state.retriever.retrieve(queries, query_vectors, top_k or self.top_k, mode, filters)
         answers = [
@@ -224,6 +228,14 @@ class QAService:
         ]
         took_ms = (time.perf_counter() - started) * 1000 / max(len(questions), 1)
         return [TimedAnswer(a, took_ms, state.index.documents) for a in answers]
+
+    def _encode_spellings(self, texts: Sequence[str]) -> list[Vectors]:
+        """One matrix per text: the vectors of its spellings (transliteration.py), encoded in one
+        model call."""
+        variants = [spellings(t) for t in texts]
+        flat = self._encode([v for vs in variants for v in vs])
+        bounds = np.cumsum([0, *(len(vs) for vs in variants)])
+        return [flat[a:b] for a, b in itertools.pairwise(bounds)]
 
     def _encode(self, texts: Sequence[str]) -> Vectors:
         try:
