@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from embeddings import Encoder, load_encoder
+from embeddings import E5_MODEL, Encoder, load_encoder
 from qa_service.api import create_app
 from qa_service.config import Settings
 from qa_service.service import QAService
@@ -43,6 +43,18 @@ def settings(corpus_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> Set
 @pytest.fixture(scope="session")
 def service(settings: Settings, encoder: Encoder) -> QAService:
     return QAService.from_settings(settings, encoder=encoder)
+
+
+@pytest.fixture(scope="session")
+def e5_settings(corpus_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The default corpus with the multilingual model (questions in the region's languages)."""
+    index_dir = tmp_path_factory.mktemp("e5") / "idx"
+    return Settings(corpus_dir=corpus_copy, index_dir=index_dir, model=E5_MODEL)
+
+
+@pytest.fixture(scope="session")
+def e5_service(e5_settings: Settings) -> QAService:
+    return QAService.from_settings(e5_settings, encoder=load_encoder(E5_MODEL))
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,10 @@ BM25 can read, and each model's cosine enters on its own scale."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from embeddings import E5_MODEL, load_encoder
-from qa_service.config import Settings
+from embeddings import E5_MODEL
 from qa_service.retrieval import DENSE_SCORING, Retriever
 from qa_service.service import QAService
 
@@ -21,14 +18,6 @@ ALBANIAN = (
     "qenieve njerëzore?"
 )
 MACEDONIAN = "Кој е извршен секретар на Конвенцијата на Советот на Европа за борба против трговијата со луѓе?"  # noqa: E501
-
-
-@pytest.fixture(scope="module")
-def e5_service(corpus_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> QAService:
-    settings = Settings(
-        corpus_dir=corpus_copy, index_dir=tmp_path_factory.mktemp("e5") / "idx", model=E5_MODEL
-    )
-    return QAService.from_settings(settings, encoder=load_encoder(E5_MODEL))
 
 
 def test_coverage_is_the_share_of_words_bm25_can_read(service: QAService) -> None:

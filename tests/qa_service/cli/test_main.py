@@ -87,3 +87,23 @@ def test_invalid_setting_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     result = runner.invoke(app, ["ask", "anything?"])
     assert result.exit_code == 2
     assert "invalid setting" in result.output
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "Ко је извршни секретар Конвенције Савјета Европе?",  # Serbian, Cyrillic
+        "Kush është sekretari ekzekutiv i Konventës së Këshillit të Evropës?",  # Albanian
+        "Ko je izvršni sekretar Konvencije Vijeća Evrope? (č ć š ž đ)",  # Bosnian/Croatian
+    ],
+)
+def test_ask_in_the_regions_languages_quotes_the_english_text(
+    e5_settings: Settings, e5_service: QAService, question: str
+) -> None:
+    arguments = ["ask", question, "--json", "--model", e5_settings.model, *_dirs(e5_settings)]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["question"] == question  # every letter kept
+    assert body["answerable"]
+    assert "Petya Nestorova" in body["answer"]["text"]
