@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+from limits import parse_many
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -85,6 +86,12 @@ class Settings(BaseSettings):
         description="Log the text of each question (sensitive: off by default).",
     )
     log_json: bool = Field(False, description="`qa serve` logs one JSON object per line.")
+    rate_limit: str | None = Field(
+        None,
+        description="Requests each client address may make to /v1/ endpoints, in the `limits` "
+        "notation (`60/minute`, or several: `5/second;300/hour`); beyond it, 429 with "
+        "Retry-After. None by default: no limit per client.",
+    )
 
     # Document writes (qa_service/updates.py) and who may make them (qa_service/api/deps.py).
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -121,6 +128,17 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [origin.strip() for origin in text.split(",") if origin.strip()]
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; write it as `60/minute` or `5/second;300/hour`") from exc
         return value
 
     @field_validator("cors_origins")

@@ -19,6 +19,7 @@ from qa_service.api.middleware import (
     AdmissionMiddleware,
     BodyLimits,
     BodySizeLimitMiddleware,
+    RateLimitMiddleware,
     RequestContextMiddleware,
 )
 from qa_service.api.routes import ask, chat, documents, health, pages
@@ -82,12 +83,14 @@ def create_app(settings: Settings | None = None, service: QAService | None = Non
     app.mount("/static", pages.StaticAssets(directory=pages.STATIC_DIR), name="static")
     app.include_router(metrics.router)
     # Middleware added later wraps what was added before. The limits sit inside CORS, so that a
-    # browser can read their 413 and 503; the request context is outermost, so that every
+    # browser can read their 413, 429 and 503; the request context is outermost, so that every
     # response, refusals and CORS preflights included, has a request id and is logged and counted.
     # Document uploads get their own, larger cap.
     limits = BodyLimits(settings.max_body_bytes, {"/v1/documents": settings.max_upload_bytes})
     app.add_middleware(BodySizeLimitMiddleware, limits=limits)
     app.add_middleware(AdmissionMiddleware, limiter=limiter)
+    if settings.rate_limit:
+        app.add_middleware(RateLimitMiddleware, limits=settings.rate_limit)
     if settings.cors_origins:
         # Closed unless configured: a browser page on any other origin is refused.
         app.add_middleware(

@@ -6,6 +6,8 @@ pass through message by message, unbuffered. From the outside in (`create_app` a
 - `RequestContextMiddleware`: a request id (the client's `X-Request-ID` when it is a sane token,
   else a new one) on every response, one access log line per request and the request metrics;
 - `CORSMiddleware`, when configured, so that the refusals below still carry CORS headers;
+- `RateLimitMiddleware`, when configured: at most N requests per client address and window, the
+  rest get 429;
 - `AdmissionMiddleware`: at most N question requests in flight, the rest get 503 at once;
 - `BodySizeLimitMiddleware`: 413 for a body over the cap, before the app reads or parses it.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -23,6 +26,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from limits import parse_many
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -284,6 +290,48 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
         finally:
             self.limiter.release()
+
+
+class RateLimitMiddleware:
+    """Requests per client address to the API (`/v1/`), over a moving window; beyond the limit,
+    429 with `Retry-After` (seconds until the oldest counted request leaves the window).
+
+    The address is the connection's peer; behind a reverse proxy, run uvicorn with
+    `--forwarded-allow-ips` so that it is the client's. Counts live in this process's memory.
+    """
+
+    def __init__(self, app: ASGIApp, limits: str, prefix: str = "/v1/") -> None:
+        self.app = app
+        self.items = parse_many(limits)
+        self.prefix = prefix
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] == "OPTIONS"  # CORS preflights are the browser's, not the client's
+            or not scope["path"].startswith(self.prefix)
+        ):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        key = client[0] if client else "unknown"
+        # Every limit is tested before any is counted, so a refused request counts for none.
+        refused = [item for item in self.items if not self.limiter.test(item, key)]
+        if not refused:
+            for item in self.items:
+                self.limiter.hit(item, key)
+            await self.app(scope, receive, send)
+            return
+        reset = max(self.limiter.get_window_stats(item, key).reset_time for item in refused)
+        retry_after = max(1, math.ceil(reset - time.time()))
+        limit = ", ".join(str(item) for item in refused)
+        response = JSONResponse(
+            {"detail": f"rate limit exceeded ({limit} per client); try again in {retry_after} s"},
+            status_code=429,
+            headers={"Retry-After": str(retry_after)},
+        )
+        await response(scope, receive, send)
 
 
 class JsonFormatter(logging.Formatter):

@@ -353,6 +353,58 @@ def test_a_busy_refusal_is_logged_and_counted(
     )
 
 
+# Rate limits per client
+
+
+def test_a_client_over_its_rate_limit_gets_429_with_retry_after(
+    settings: Settings, service: QAService
+) -> None:
+    configured = settings.model_copy(update={"rate_limit": "3/minute"})
+    with TestClient(create_app(configured, service)) as client:
+        assert client.options("/v1/ask").status_code != 429  # preflights are not counted
+        answered = [client.post("/v1/ask", json={"question": QUESTION}) for _ in range(2)]
+        assert client.get("/v1/documents").status_code == 200  # every /v1/ request counts
+        refused = client.post("/v1/ask", json={"question": QUESTION})
+        # Health, metrics and the pages stay reachable; they are not the API.
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/").status_code == 200
+        metrics = client.get("/metrics").text
+        refused_again = client.get("/v1/documents")
+    assert [r.status_code for r in answered] == [200, 200]
+    for response in (refused, refused_again):
+        assert response.status_code == 429
+        assert 1 <= int(response.headers["retry-after"]) <= 60
+        assert "3 per 1 minute" in response.json()["detail"]
+        assert "x-request-id" in response.headers
+    assert 'route="/v1/ask",status="429"' in metrics
+
+
+def test_clients_are_limited_separately(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"rate_limit": "1/minute"}), None)
+    sent: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            sent.append(message["status"])
+
+    for host in ("10.0.0.1", "10.0.0.2", "10.0.0.1"):
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "GET", "scheme": "http", "path": "/v1/documents",
+                 "raw_path": b"/v1/documents", "query_string": b"", "root_path": "",
+                 "client": (host, 1), "server": ("testserver", 80), "headers": []}  # fmt: skip
+        asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+    # No service is loaded, so an admitted request is a 503 "not ready"; the third is over.
+    assert sent == [503, 503, 429]
+
+
+def test_a_malformed_rate_limit_is_a_clear_setting_error() -> None:
+    with pytest.raises(ValueError, match="60/minute"):
+        Settings(rate_limit="lots")
+
+
 # Streaming
 
 
