@@ -62,6 +62,8 @@ CANDIDATE_FACTOR = 4
 MIN_CANDIDATES = 40
 # Overlapping windows merge into one passage of at most this many windows.
 MAX_MERGED_WINDOWS = 3
+# With diversity, the `k` results are chosen among this many times `k` of the best.
+DIVERSITY_POOL = 3
 # The lexical analyser's words and stop words (lexical.py).
 _WORD = re.compile(r"\w+")
 _STOPWORDS = frozenset(STOPWORDS_EN_PLUS)
@@ -73,6 +75,7 @@ class Hit:
     score: float  # the mode's score: cosine, lexical share, or their weighted sum
     dense_score: float | None = None
     lexical_score: float | None = None
+    row: int = -1  # the passage's window in the index (the best one, for a merged passage)
 
 
 @dataclass(frozen=True)
@@ -182,18 +185,27 @@ class Retriever:
         k: int,
         mode: Mode = "hybrid",
         filters: Filters | None = None,
+        diversity: float = 0.0,
     ) -> list[list[Hit]]:
         """The `k` best passages for each question, best first; overlapping windows of the same
         text are merged into one passage, ranked where the better of them ranked.
 
         Each question comes with a matrix: the vectors of its spellings (transliteration.py). A
-        passage's dense score is its best cosine with any of them."""
+        passage's dense score is its best cosine with any of them.
+
+        With `diversity` d > 0 the results are picked by maximal marginal relevance: each next
+        one maximises (1 - d) × score - d × (its highest cosine with a passage already picked),
+        so near-duplicates (the same text in two reports, or neighbouring passages saying the
+        same) give way to other evidence. Scores are unchanged; only the order and choice are."""
         if k < 1:
             raise ValueError("k must be at least 1")
+        if not 0.0 <= diversity <= 1.0:
+            raise ValueError("diversity must lie in [0, 1]")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         allowed = self.allowed_ids(filters)
-        depth = min(max(k * CANDIDATE_FACTOR, MIN_CANDIDATES), len(self._index.passages))
+        pool = k * DIVERSITY_POOL if diversity > 0 else k
+        depth = min(max(pool * CANDIDATE_FACTOR, MIN_CANDIDATES), len(self._index.passages))
         if depth == 0 or (allowed is not None and len(allowed) == 0):
             return [[] for _ in questions]
 
@@ -217,7 +229,8 @@ class Retriever:
                 top = np.argpartition(-lexical, depth - 1)[:depth]
                 candidates.update(dict.fromkeys(int(i) for i in top if lexical[i] > 0))
             coverage = self.lexical_coverage(question) if mode == "hybrid" else 1.0
-            results.append(self._rank(list(candidates), vectors, lexical, mode, k, coverage))
+            hits = self._rank(list(candidates), vectors, lexical, mode, pool, coverage)
+            results.append(self._diversify(hits, k, diversity) if diversity > 0 else hits)
         return results
 
     def _rank(
@@ -252,7 +265,7 @@ class Retriever:
                 rescaled = (d - floor) / (1 - floor)
                 score = (1 - lexical_weight) * rescaled + lexical_weight * lex
             assert score is not None
-            hits.append(Hit(self._index.passages[i], score, d, lex))
+            hits.append(Hit(self._index.passages[i], score, d, lex, i))
         hits.sort(key=lambda h: h.score, reverse=True)
         return self._merge_overlaps(hits, k)
 
@@ -264,6 +277,23 @@ class Retriever:
             rows = self._index.unit_rows(self._index.passages[i])
             best[j] = (units[rows.start : rows.stop] @ vectors.T).max()
         return best
+
+    def _diversify(self, hits: list[Hit], k: int, diversity: float) -> list[Hit]:
+        """Maximal marginal relevance over `hits` (best first): the `k` to return, in order."""
+        if len(hits) <= 1:
+            return hits[:k]
+        vectors = self._index.vectors.vectors(np.asarray([h.row for h in hits], dtype=np.int64))
+        similarity = vectors @ vectors.T
+        relevance = np.asarray([h.score for h in hits])
+        picked = [0]
+        closest = similarity[0].copy()  # each hit's highest cosine with a picked one
+        while len(picked) < min(k, len(hits)):
+            value = (1 - diversity) * relevance - diversity * closest
+            value[picked] = -np.inf
+            best = int(np.argmax(value))
+            picked.append(best)
+            closest = np.maximum(closest, similarity[best])
+        return [hits[n] for n in picked]
 
     def _merge_overlaps(self, hits: list[Hit], k: int) -> list[Hit]:
         """Best-first hits with overlapping windows merged, so no text is returned twice.

@@ -191,9 +191,10 @@ class QAService:
         mode: Mode | None = None,
         filters: Filters | None = None,
         query: str | None = None,
+        diversity: float = 0.0,
     ) -> TimedAnswer:
         queries = None if query is None or query == question else [query]
-        return self.ask_many([question], top_k, min_score, mode, filters, queries)[0]
+        return self.ask_many([question], top_k, min_score, mode, filters, queries, diversity)[0]
 
     def ask_many(
         self,
@@ -203,6 +204,7 @@ class QAService:
         mode: Mode | None = None,
         filters: Filters | None = None,
         queries: Sequence[str] | None = None,
+        diversity: float = 0.0,
     ) -> list[TimedAnswer]:
         """Answer several questions with one model call; `took_ms` is each one's share.
 
@@ -221,7 +223,8 @@ class QAService:
                 raise ValueError("one query per question")
             both = self._encode_spellings([*questions, *queries])
             vectors, query_vectors = both[: len(questions)], both[len(questions) :]
-        hits = state.retriever.retrieve(queries, query_vectors, top_k or self.top_k, mode, filters)
+        k = top_k or self.top_k
+        hits = state.retriever.retrieve(queries, query_vectors, k, mode, filters, diversity)
         answers = [
             state.answers.build(q, v, h, threshold)
             for q, v, h in zip(questions, vectors, hits, strict=True)

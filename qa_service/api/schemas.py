@@ -76,6 +76,14 @@ class RetrievalOptions(BaseModel):
         None, description="dense, lexical (BM25) or hybrid (default from settings: hybrid)."
     )
     filters: FiltersIn | None = None
+    diversity: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="0 ranks by score alone; above 0, results are picked by maximal marginal "
+        "relevance, trading score for difference from the passages already picked (0.3 is a "
+        "mild setting), so near-duplicate passages give way to other evidence.",
+    )
 
 
 class AskRequest(RetrievalOptions):

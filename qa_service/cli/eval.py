@@ -66,6 +66,10 @@ def evaluate(
     min_score: Annotated[
         float | None, typer.Option(help="Abstain below this score (default: calibrated).")
     ] = None,
+    diversity: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Maximal marginal relevance: 0 ranks by score alone."),
+    ] = 0.0,
     whole_documents: Annotated[
         bool,
         typer.Option(
@@ -127,7 +131,7 @@ def evaluate(
         min_score=min_score,
         batch_size=batch_size,
         dense_weight=settings.dense_weight,
-        ask_options={"mode": mode or settings.mode},
+        ask_options={"mode": mode or settings.mode, "diversity": diversity},
     )
     bars = ProgressBars()
     try:

@@ -94,3 +94,24 @@ def test_abstention_threshold_per_request(service: QAService) -> None:
     best = service.ask(question).answer.passages[0].hit.score
     assert service.ask(question, min_score=best - 0.01).answer.answerable
     assert not service.ask(question, min_score=best + 0.01).answer.answerable
+
+
+def test_diversity_lets_a_near_duplicate_give_way(service: QAService) -> None:
+    # Two reports carry the same paragraph about the Convention's Executive Secretary.
+    question = "Who is the Executive Secretary of the Council of Europe anti-trafficking convention?"
+    plain = service.ask(question, top_k=3).answer.passages
+    first, second = (p.hit.passage.text for p in plain[:2])
+    assert "Petya Nestorova" in first and "Petya Nestorova" in second
+    assert plain[0].hit.passage.document_id != plain[1].hit.passage.document_id
+
+    diverse = service.ask(question, top_k=3, diversity=0.5).answer.passages
+    # The best passage stays first with its score (it may absorb more neighbouring windows, as
+    # more candidates are ranked to choose from).
+    assert diverse[0].hit.score == plain[0].hit.score
+    assert diverse[0].hit.passage.start <= plain[0].hit.passage.start
+    assert diverse[0].hit.passage.end >= plain[0].hit.passage.end
+    # The copy in the other report (cosine 0.98 with the first) gives way to other evidence.
+    assert "Petya Nestorova" not in diverse[1].hit.passage.text
+    assert len(diverse) == 3
+    with pytest.raises(ValueError, match="diversity"):
+        service.ask(question, diversity=1.5)

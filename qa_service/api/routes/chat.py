@@ -54,7 +54,9 @@ def chat(
     question = body.messages[-1].content
     query = retrieval_query(body.turns())
     filters = body.filters.to_filters() if body.filters else None
-    timed = service.ask(question, body.top_k, body.min_score, body.mode, filters, query=query)
+    timed = service.ask(
+        question, body.top_k, body.min_score, body.mode, filters, query, body.diversity
+    )
     record_answers(request, "/v1/chat", [timed.answer.answerable], question)
     response = AskResponse.from_answer(timed.answer, timed.documents, timed.took_ms)
     result = ChatResponse(**dict(response), query=query)
