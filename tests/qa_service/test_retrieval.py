@@ -98,7 +98,7 @@ def test_abstention_threshold_per_request(service: QAService) -> None:
 
 def test_diversity_lets_a_near_duplicate_give_way(service: QAService) -> None:
     # Two reports carry the same paragraph about the Convention's Executive Secretary.
-    question = "Who is the Executive Secretary of the Council of Europe anti-trafficking convention?"
+    question = "Who is the Executive Secretary of the Council of Europe anti-trafficking treaty?"
     plain = service.ask(question, top_k=3).answer.passages
     first, second = (p.hit.passage.text for p in plain[:2])
     assert "Petya Nestorova" in first and "Petya Nestorova" in second
