@@ -1,0 +1,298 @@
+"""Indexing throughput: `qa index` end to end against the bare encoder on the same passages.
+
+For each corpus (the default one, and SciFact abstracts cut to --scifact-docs documents) it runs,
+each in a process of its own so that peak memory is that step's alone:
+
+1. `qa index` itself (the command's own code, in a fresh index folder, so nothing is reused),
+   with every stage of the build timed from outside by wrapping the functions it calls: hashing
+   the corpus files, loading the documents, splitting (of which tokenizing), encoding passages,
+   encoding sentences, the FAISS and BM25 indexes, writing the generation. Wall time is taken
+   by this process from the start of the child to its exit, so it includes Python's start-up,
+   the imports and the model load, as a user sees it;
+2. the bare encoder on the exact texts that build encoded (read back from its index):
+   `embeddings.load_encoder().encode_passages` in batches of 32, once in corpus order (one model
+   call per batch, no sorting) and once as one call (sentence-transformers sorts by length);
+   then the sentences the same way as one call.
+
+It prints passages/s and texts/s, the share of each stage, the ratio end to end / bare, and
+peak resident memory (ru_maxrss of each process; VmHWM after each stage of the build).
+
+    flock /tmp/bench.lock python benchmarks/indexing.py [--scifact-docs 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _server import ROOT, SHARED_EVAL
+
+SCIFACT = SHARED_EVAL / "scifact" / "corpus.jsonl"
+BATCH = 32
+
+
+def run_measured(args: list[str], log: Path) -> tuple[float, float]:
+    """Run a child process to its end: (wall seconds, peak resident MiB)."""
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({process.returncode}); see {log}")
+    return seconds, usage.ru_maxrss / 1024  # KiB on Linux
+
+
+def vm_hwm_mib() -> float:
+    """This process's peak resident memory so far."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# Child: `qa index` with its stages timed
+
+
+def _index_child(corpus: Path, index_dir: Path, out: Path) -> None:
+    started = time.perf_counter()
+    import numpy as np
+
+    import qa_service.cli.main as cli
+    import qa_service.indexing as ix
+
+    imported = time.perf_counter() - started
+    seconds: dict[str, float] = defaultdict(float)
+    memory: dict[str, float] = {}
+    counts: dict[str, int] = defaultdict(int)
+    label = ["encoding"]
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds[name] += time.perf_counter() - t0
+                memory[name] = vm_hwm_mib()
+
+        return wrapper
+
+    load_encoder = cli.load_encoder
+
+    def timed_encoder(spec: str) -> Any:
+        encoder = timed("loading the model", load_encoder)(spec)
+        token_spans, encode_passages = encoder.token_spans, encoder.encode_passages
+
+        def spans(texts: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return token_spans(texts)
+            finally:
+                seconds["  of which tokenizing"] += time.perf_counter() - t0
+
+        def encode(texts: Any, *args: Any, **kwargs: Any) -> Any:
+            counts[label[0]] += len(texts)
+            return timed(label[0], encode_passages)(texts, *args, **kwargs)
+
+        encoder.token_spans, encoder.encode_passages = spans, encode
+        return encoder
+
+    make_splitter = cli.make_splitter
+
+    def timed_splitter(settings: Any, encoder: Any) -> Any:
+        splitter = make_splitter(settings, encoder)
+        splitter.split = timed("splitting", splitter.split)
+        return splitter
+
+    class Bars(cli.ProgressBars):  # type: ignore[misc]
+        def __call__(self, name: str, total: int) -> Any:
+            label[0] = f"encoding {name}"
+            return super().__call__(name, total)
+
+    class Lexical(ix.LexicalIndex):  # type: ignore[misc]
+        build = classmethod(timed("BM25 index", ix.LexicalIndex.build.__func__))
+
+    class Vectors(ix.VectorIndex):  # type: ignore[misc]
+        build = classmethod(timed("FAISS index", ix.VectorIndex.build.__func__))
+
+    cli.load_encoder = timed_encoder
+    cli.make_splitter = timed_splitter
+    cli.ProgressBars = Bars
+    ix.LexicalIndex, ix.VectorIndex = Lexical, Vectors
+    ix.corpus_files = timed("hashing the corpus files", ix.corpus_files)
+    ix.load_corpus = timed("loading the documents", ix.load_corpus)
+    ix.previous_index_cache = timed("reading a previous index", ix.previous_index_cache)
+    ix.save_index = timed("writing the generation", ix.save_index)
+
+    t0 = time.perf_counter()
+    cli.app(["index", "--corpus-dir", str(corpus), "--index-dir", str(index_dir)],
+            standalone_mode=False)  # fmt: skip
+    command = time.perf_counter() - t0
+    from qa_service.store import load_index
+
+    data = load_index(index_dir)
+    unit_vectors = data.unit_vectors if data.unit_vectors is not None else np.empty((0, 0))
+    out.write_text(json.dumps({
+        "imports": imported, "command": command, "seconds": seconds, "memory": memory,
+        "counts": counts, "documents": len(data.documents), "passages": len(data.passages),
+        "sentences": int(unit_vectors.shape[0]),
+    }))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Child: the bare encoder on the same texts
+
+
+def _bare_child(texts_path: Path, out: Path) -> None:
+    from embeddings import load_encoder
+
+    texts = json.loads(texts_path.read_text())
+    passages, sentences = texts["passages"], texts["sentences"]
+    t0 = time.perf_counter()
+    encoder = load_encoder()
+    encoder.encode_passages(passages[:BATCH], batch_size=BATCH)  # warm up
+    loading = time.perf_counter() - t0
+    result: dict[str, float] = {"loading the model": loading}
+
+    t0 = time.perf_counter()
+    for start in range(0, len(passages), BATCH):
+        encoder.encode_passages(passages[start : start + BATCH], batch_size=BATCH)
+    result["passages, corpus order"] = time.perf_counter() - t0
+    result["memory after unsorted"] = vm_hwm_mib()
+    t0 = time.perf_counter()
+    encoder.encode_passages(passages, batch_size=BATCH)
+    result["passages, sorted by length"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    encoder.encode_passages(sentences, batch_size=BATCH)
+    result["sentences, sorted by length"] = time.perf_counter() - t0
+    out.write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration
+
+
+def scifact_corpus(folder: Path, documents: int) -> Path:
+    """The first `documents` SciFact abstracts as a corpus folder of JSON documents."""
+    folder.mkdir(parents=True)
+    with SCIFACT.open() as f:
+        for i, line in enumerate(f):
+            if i >= documents:
+                break
+            row = json.loads(line)
+            body = {"title": row.get("title") or None, "text": row["text"]}
+            (folder / f"{row['_id']}.json").write_text(json.dumps(body))
+    return folder
+
+
+def measure(name: str, corpus: Path, work: Path) -> None:
+    from qa_service.store import load_index
+
+    here = str(Path(__file__).resolve())
+    index_dir = work / "index"
+    stages_path = work / "stages.json"
+    wall, index_peak = run_measured(
+        [sys.executable, here, "_index", str(corpus), str(index_dir), str(stages_path)],
+        work / "index.log",
+    )
+    stages = json.loads(stages_path.read_text())
+    data = load_index(index_dir)
+    passages = [p.text for p in data.passages]  # no title context by default: what was encoded
+    sentences = [d.text[a:b] for doc_id, d in data.documents.items() for a, b in data.units[doc_id]]
+    (work / "texts.json").write_text(json.dumps({"passages": passages, "sentences": sentences}))
+    _, bare_peak = run_measured(
+        [sys.executable, here, "_bare", str(work / "texts.json"), str(work / "bare.json")],
+        work / "bare.log",
+    )
+    bare = json.loads((work / "bare.json").read_text())
+
+    n_p, n_s = len(passages), len(sentences)
+    seconds: dict[str, float] = stages["seconds"]
+    model_load = seconds.get("loading the model", 0.0)
+    build_only = stages["command"] - model_load  # the build: the command less the model load
+    print(f"\n=== {name}: {stages['documents']} documents, {n_p} passages, {n_s} sentences "
+          f"({n_p + n_s} texts encoded) ===")  # fmt: skip
+    encoded = ", ".join(f"{k} {v}" for k, v in stages["counts"].items())
+    print(f"texts the build encoded (distinct ones only): {encoded}")
+    print(f"`qa index` wall, process start to exit: {wall:.2f} s "
+          f"(imports {stages['imports']:.2f} s, command {stages['command']:.2f} s)")  # fmt: skip
+    print(f"{'stage of the command':<36} {'seconds':>9} {'share':>7} {'peak RSS MiB':>13}")
+    accounted = 0.0
+    for stage, value in seconds.items():
+        share = value / stages["command"]
+        peak = stages["memory"].get(stage)
+        peak_text = f"{peak:13.0f}" if peak is not None else ""
+        print(f"{stage:<36} {value:9.2f} {share:7.1%} {peak_text}")
+        if not stage.startswith(" "):
+            accounted += value
+    other = stages["command"] - accounted
+    print(
+        f"{'other (caching, manifest, Python)':<36} {other:9.2f} {other / stages['command']:7.1%}"
+    )
+    encode_p = seconds.get("encoding passages", 0.0)
+    encode_s = seconds.get("encoding sentences", 0.0)
+    bare_p = bare["passages, sorted by length"]
+    bare_u = bare["passages, corpus order"]
+    bare_s = bare["sentences, sorted by length"]
+    print(f"{'bare encoder, batches of ' + str(BATCH):<36} {'seconds':>9} {'texts/s':>9}")
+    for label, value, count in (("passages, corpus order", bare_u, n_p),
+                                ("passages, sorted by length", bare_p, n_p),
+                                ("sentences, sorted by length", bare_s, n_s)):  # fmt: skip
+        print(f"{label:<36} {value:9.2f} {count / value:9.1f}")
+    print(f"length sorting: {bare_u / bare_p:.2f}x faster on passages")
+    print(f"{'throughput':<52} {'passages/s':>10} {'texts/s':>9}")
+    rates = [
+        ("bare encoder, passages (sorted)", n_p / bare_p, n_p / bare_p),
+        ("bare encoder, passages + sentences (sorted)", n_p / (bare_p + bare_s),
+         (n_p + n_s) / (bare_p + bare_s)),
+        ("`qa index` build (command less model load)", n_p / build_only, (n_p + n_s) / build_only),
+        ("`qa index` wall (process start to exit)", n_p / wall, (n_p + n_s) / wall),
+    ]  # fmt: skip
+    for label, p_rate, t_rate in rates:
+        print(f"{label:<52} {p_rate:10.1f} {t_rate:9.1f}")
+    print(f"ratio end to end / bare, passages/s: build {bare_p / build_only:.2f}, "
+          f"wall {bare_p / wall:.2f} (target >= 0.90)")  # fmt: skip
+    print(f"ratio end to end / bare, texts/s: build {(bare_p + bare_s) / build_only:.2f}, "
+          f"wall {(bare_p + bare_s) / wall:.2f}")  # fmt: skip
+    print(f"encoding in the build against bare: passages {encode_p / bare_p:.2f}x, "
+          f"sentences {encode_s / bare_s:.2f}x the bare time")  # fmt: skip
+    print(f"peak RSS: `qa index` {index_peak:.0f} MiB, bare encoder {bare_peak:.0f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scifact-docs", type=int, default=2000,
+                        help="SciFact abstracts in the larger corpus (0: skip it)")  # fmt: skip
+    parser.add_argument("--skip-default", action="store_true", help="only the larger corpus")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="qa-bench-indexing-"))
+    print(f"work folder: {work}; load average at start {os.getloadavg()[0]:.1f}")
+    if not args.skip_default:
+        (work / "default").mkdir()
+        measure("default corpus", ROOT / "corpus", work / "default")
+    if args.scifact_docs:
+        corpus = scifact_corpus(work / "scifact-corpus", args.scifact_docs)
+        (work / "scifact").mkdir()
+        measure(f"SciFact, first {args.scifact_docs} abstracts", corpus, work / "scifact")
+    print(f"\nload average at the end {os.getloadavg()[0]:.1f} (2 cores)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "_index":
+        _index_child(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "_bare":
+        _bare_child(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        main()
