@@ -60,8 +60,10 @@ DENSE_SCORING: dict[str, DenseScoring] = {
 # Candidates each retriever contributes per passage asked for: room for overlap removal.
 CANDIDATE_FACTOR = 4
 MIN_CANDIDATES = 40
-# Overlapping windows merge into one passage of at most this many windows.
-MAX_MERGED_WINDOWS = 3
+# Overlapping windows merge into one passage of at most this many windows (measured: 4 keeps an
+# answer one window after the sentence naming its subject; the median top passage stays ~700
+# characters, docs/evaluation.md).
+MAX_MERGED_WINDOWS = 4
 # With diversity, the `k` results are chosen among this many times `k` of the best.
 DIVERSITY_POOL = 3
 # The lexical analyser's words and stop words (lexical.py).
