@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from limits import parse_many
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from embeddings.encoder import DEFAULT_MODEL
+from embeddings.index import DEFAULT_ANN_THRESHOLD, IndexConfig
 from qa_service.retrieval import DENSE_WEIGHT, Mode
 
 
@@ -119,6 +120,35 @@ class Settings(BaseSettings):
         description="How often `qa serve` checks whether another process (`qa add`, `qa "
         "index`) replaced the index, and takes it up; 0 checks only before each write.",
     )
+
+    # The passage vector index (embeddings/index.py): exact below `ann_threshold` passages, an
+    # HNSW graph from there on. The kind and build parameters are recorded in the manifest; an
+    # index built otherwise is rebuilt at start-up. `hnsw_ef_search` applies without a rebuild.
+    vector_index: Literal["auto", "flat", "hnsw"] = Field(
+        "auto",
+        description="Passage vector index: auto (flat below QA_ANN_THRESHOLD passages, HNSW "
+        "from there on), or always flat (exact) or always hnsw (approximate).",
+    )
+    ann_threshold: int = Field(
+        DEFAULT_ANN_THRESHOLD,
+        ge=1,
+        description="Passages from which `auto` uses HNSW instead of exact search.",
+    )
+    hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph links per vector (M).")
+    hnsw_ef_construction: int = Field(
+        40, ge=8, le=4096, description="HNSW build breadth (efConstruction): more is slower "
+        "to build, better connected.",
+    )  # fmt: skip
+    hnsw_ef_search: int = Field(
+        256, ge=1, le=4096, description="HNSW search breadth (efSearch): more is slower, "
+        "higher recall; changes without a rebuild.",
+    )  # fmt: skip
+
+    def index_config(self) -> IndexConfig:
+        return IndexConfig(
+            kind=self.vector_index, ann_threshold=self.ann_threshold, m=self.hnsw_m,
+            ef_construction=self.hnsw_ef_construction, ef_search=self.hnsw_ef_search,
+        )  # fmt: skip
 
     @field_validator("cors_origins", "api_keys", "read_api_keys", mode="before")
     @classmethod

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from embeddings import Encoder, VectorIndex
+from embeddings.index import IndexConfig
 from qa_service.chunking import ChunkedDocument, Passage, PassageSplitter, Splitter
 from qa_service.documents import Document, SkippedFile, load_corpus
 from qa_service.errors import IndexCorruptError, IndexNotFoundError
@@ -166,10 +167,17 @@ def previous_index_cache(index_dir: Path, encoder: Encoder) -> EmbeddingCache:
 
 
 def stale_reasons(
-    manifest: Manifest, encoder: Encoder, splitter: Splitter, corpus_dir: Path
+    manifest: Manifest,
+    encoder: Encoder,
+    splitter: Splitter,
+    corpus_dir: Path,
+    index_config: IndexConfig | None = None,
 ) -> list[str]:
     """Why a saved index no longer matches the configuration; empty when it does."""
     reasons = []
+    wanted = (index_config or IndexConfig()).build_params(manifest.passages)
+    if manifest.vector_index != wanted:
+        reasons.append(f"built with vector index {manifest.vector_index}, configured {wanted}")
     if manifest.model != encoder.name or manifest.dimension != encoder.dimension:
         reasons.append(f"built with model {manifest.model}, configured {encoder.name}")
     if manifest.passage_settings != passage_settings(splitter):
@@ -192,6 +200,7 @@ def index_documents(
     sentence_vectors: bool = True,
     cache: EmbeddingCache | None = None,
     files: Mapping[str, str] | None = None,
+    index_config: IndexConfig | None = None,
 ) -> IndexData:
     """Split and encode documents into an in-memory index (nothing is written).
 
@@ -225,7 +234,7 @@ def index_documents(
         documents={c.document.id: c.document for c in chunked},
         units={c.document.id: c.units for c in chunked},
         passages=passages,
-        vectors=VectorIndex.build(passage_vectors),
+        vectors=VectorIndex.build(passage_vectors, config=index_config),
         lexical=LexicalIndex.build(indexed_texts),
         unit_vectors=unit_vectors,
         manifest=manifest,
@@ -239,6 +248,7 @@ def build_index(
     splitter: Splitter,
     batch_size: int = 32,
     progress: ProgressFactory | None = None,
+    index_config: IndexConfig | None = None,
 ) -> tuple[IndexData, BuildReport]:
     """Index every readable file below `corpus_dir` into `index_dir`, replacing what was there.
 
@@ -254,7 +264,7 @@ def build_index(
         cache = previous_index_cache(index_dir, encoder)
         data = index_documents(
             loaded.documents, encoder, splitter, fingerprint_of(files), batch_size, progress,
-            cache=cache, files=files,
+            cache=cache, files=files, index_config=index_config,
         )  # fmt: skip
         save_index(index_dir, data)
     if cache.hits:
@@ -315,6 +325,7 @@ def update_index(
     files: Mapping[str, str] | None = None,
     terms: TermCache | None = None,
     batch_size: int = 32,
+    index_config: IndexConfig | None = None,
 ) -> IndexData:
     """A new in-memory index: `data` without the documents `remove`, plus `add` (an added
     document replaces one with its id). `data` itself is not changed.
@@ -340,7 +351,6 @@ def update_index(
         unit_texts = [c.document.text[a:b] for c in chunked for a, b in c.units]
         unit_parts.append(cache.encode(unit_texts, encoder, batch_size))
 
-    old_vectors = data.vectors.vectors(np.asarray(kept, dtype=np.int64))
     passages = [data.passages[i] for i in kept] + new_passages
     documents = {doc_id: data.documents[doc_id] for doc_id in kept_ids}
     documents.update((c.document.id, c.document) for c in chunked)
@@ -355,7 +365,7 @@ def update_index(
         documents=documents,
         units=units,
         passages=passages,
-        vectors=VectorIndex.build(np.concatenate([old_vectors, new_vectors])),
+        vectors=data.vectors.updated(np.asarray(kept, dtype=np.int64), new_vectors, index_config),
         lexical=LexicalIndex.from_terms(terms.analyse(texts)),
         unit_vectors=np.concatenate(unit_parts) if data.unit_vectors is not None else None,
         manifest=new_manifest(

@@ -82,7 +82,7 @@ def ensure_index(
     def rebuild() -> IndexData:
         return build_index(
             settings.corpus_dir, settings.index_dir, encoder, splitter, settings.batch_size,
-            progress,
+            progress, settings.index_config(),
         )[0]  # fmt: skip
 
     # Under the lock: no write lands between the check and the load, and no writer deletes
@@ -94,7 +94,9 @@ def ensure_index(
             logger.info("no index in %s yet: building it from %s", settings.index_dir,
                         settings.corpus_dir)  # fmt: skip
             return rebuild()
-        reasons = stale_reasons(manifest, encoder, splitter, settings.corpus_dir)
+        reasons = stale_reasons(
+            manifest, encoder, splitter, settings.corpus_dir, settings.index_config()
+        )
         if reasons:
             if not settings.rebuild_stale_index:
                 raise IndexStaleError(
@@ -103,7 +105,7 @@ def ensure_index(
                 )
             logger.warning("rebuilding the index: %s", "; ".join(reasons))
             return rebuild()
-        return load_index(settings.index_dir)
+        return load_index(settings.index_dir, settings.index_config())
 
 
 class QAService:
@@ -162,7 +164,7 @@ class QAService:
         index = ensure_index(settings, loaded, progress)
         updater = DocumentUpdater(
             settings.corpus_dir, settings.index_dir, loaded, make_splitter(settings, loaded),
-            settings.batch_size,
+            settings.batch_size, settings.index_config(),
         )  # fmt: skip
         service = cls(
             loaded, index, settings.min_score, settings.top_k, settings.mode,
@@ -309,7 +311,8 @@ class QAService:
         if current is None or current == self._state.index.generation:
             return
         try:
-            state = self._new_state(load_index(index_dir))
+            config = self._updater.index_config if self._updater else None
+            state = self._new_state(load_index(index_dir, config))
         except QAError as exc:
             logger.error("not taking up the index generation %s: %s", current, exc)
             raise

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from embeddings import IndexFormatError, VectorIndex, Vectors
+from embeddings.index import IndexConfig, check_params
 from qa_service.chunking import Passage, Span
 from qa_service.documents import Document
 from qa_service.errors import IndexBusyError, IndexCorruptError, IndexNotFoundError
@@ -62,6 +63,9 @@ class Manifest:
     # their digest. Kept so that a document write can update the fingerprint without hashing
     # the whole corpus. Empty in indexes written before live updates.
     corpus_files: dict[str, str] = field(default_factory=dict)
+    # The passage vector index: its kind and build parameters (`VectorIndex.params`). Indexes
+    # written before approximate search have none: they are flat.
+    vector_index: dict[str, Any] = field(default_factory=lambda: {"kind": "flat"})
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
@@ -182,7 +186,9 @@ def _save_index(index_dir: Path, data: IndexData) -> Path:
         for path in sorted(staging.rglob("*"))
         if path.is_file()
     }
-    manifest = Manifest(**{**asdict(data.manifest), "files": files})
+    manifest = Manifest(
+        **{**asdict(data.manifest), "files": files, "vector_index": data.vectors.params}
+    )
     (staging / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2), encoding="utf-8")
     for path in staging.rglob("*"):
         if path.is_file():
@@ -282,8 +288,12 @@ def read_manifest(index_dir: Path) -> Manifest:
         raise IndexCorruptError(f"unreadable manifest {path}: {exc}") from exc
 
 
-def load_index(index_dir: Path) -> IndexData:
-    """Load and verify the current index; any damage raises IndexCorruptError."""
+def load_index(index_dir: Path, config: IndexConfig | None = None) -> IndexData:
+    """Load and verify the current index; any damage raises IndexCorruptError.
+
+    The vectors are memory-mapped (paged in on use); `config` gives the search-time settings
+    (HNSW's ef_search), which need no rebuild.
+    """
     manifest = read_manifest(index_dir)
     folder = current_generation(index_dir)
     if manifest.format_version != FORMAT_VERSION:
@@ -291,6 +301,10 @@ def load_index(index_dir: Path) -> IndexData:
             f"index format {manifest.format_version} in {folder}; this version reads "
             f"{FORMAT_VERSION}"
         )
+    try:
+        check_params(manifest.vector_index)
+    except IndexFormatError as exc:
+        raise IndexCorruptError(f"cannot read the index in {folder}: {exc}") from exc
     for name, expected in manifest.files.items():
         path = folder / name
         if not path.exists() or file_sha256(path) != expected:
@@ -306,10 +320,14 @@ def load_index(index_dir: Path) -> IndexData:
         for row in _read_jsonl(folder / _PASSAGES):
             text = documents[row["document_id"]].text[row["start"] : row["end"]]
             passages.append(Passage(text=text, **row))
-        vectors = VectorIndex.load(folder / _VECTORS, manifest.dimension)
+        vectors = VectorIndex.load(
+            folder / _VECTORS, manifest.dimension, manifest.vector_index, config
+        )
         lexical = LexicalIndex.load(folder / _LEXICAL)
         unit_path = folder / _UNIT_VECTORS
-        unit_vectors = np.load(unit_path) if unit_path.exists() else None
+        # Memory-mapped too; a generation's files are never rewritten in place (a write makes a
+        # new generation, and removing the old one keeps mapped pages readable until unmapped).
+        unit_vectors = np.load(unit_path, mmap_mode="r") if unit_path.exists() else None
     except (OSError, ValueError, TypeError, KeyError, IndexFormatError) as exc:
         raise IndexCorruptError(f"cannot read the index in {folder}: {exc}") from exc
     return IndexData(

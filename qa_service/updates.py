@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from embeddings import Encoder
+from embeddings.index import IndexConfig
 from qa_service.chunking import Splitter
 from qa_service.documents import (
     LOADERS,
@@ -169,8 +170,10 @@ class DocumentUpdater:
         encoder: Encoder,
         splitter: Splitter,
         batch_size: int = 32,
+        index_config: IndexConfig | None = None,
     ) -> None:
         self.corpus_dir = corpus_dir
+        self.index_config = index_config or IndexConfig()
         self.index_dir = index_dir
         self.encoder = encoder
         self.splitter = splitter
@@ -292,14 +295,15 @@ class DocumentUpdater:
         return update_index(
             base, self.encoder, self.splitter, remove=remove or set(), add=add,
             files=files, terms=self._terms, batch_size=self.batch_size,
+            index_config=self.index_config,
         )  # fmt: skip
 
     def _save(self, data: IndexData, files: dict[str, str] | None) -> IndexData:
         if files is None:
             logger.warning("the corpus changed since the index was built: rebuilding it")
             build_index(self.corpus_dir, self.index_dir, self.encoder, self.splitter,
-                        self.batch_size)  # fmt: skip
-            return load_index(self.index_dir)
+                        self.batch_size, index_config=self.index_config)  # fmt: skip
+            return load_index(self.index_dir, self.index_config)
         save_index(self.index_dir, data)
         return data
 

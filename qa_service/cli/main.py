@@ -52,6 +52,7 @@ def index(corpus_dir: CorpusOpt = None, index_dir: IndexOpt = None, model: Model
             make_splitter(settings, encoder),
             settings.batch_size,
             progress=bars,
+            index_config=settings.index_config(),
         )
     bars.close()
     out.print(
