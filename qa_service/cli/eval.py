@@ -137,15 +137,14 @@ def evaluate(
     try:
         with user_errors():
             if path.is_dir() or is_squad_file(path):
-                from embeddings import load_encoder
                 from qa_service.chunking import WholeDocumentSplitter
-                from qa_service.service import make_splitter
+                from qa_service.service import load_configured_encoder, make_splitter
 
                 # MTEB joins title and text with a space; for sentence splitting a line break
                 # keeps the title a sentence of its own.
                 joiner = " " if whole_documents else "\n"
                 benchmark = load_beir(path, split, joiner) if path.is_dir() else load_squad(path)
-                encoder = load_encoder(settings.model)
+                encoder = load_configured_encoder(settings)
                 splitter = (
                     WholeDocumentSplitter(encoder)
                     if whole_documents

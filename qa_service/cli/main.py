@@ -11,7 +11,6 @@ import typer
 from pydantic import ValidationError
 from rich.markup import escape
 
-from embeddings import load_encoder
 from qa_service.api.schemas import AskRequest, AskResponse
 from qa_service.cli.common import (
     CorpusOpt,
@@ -27,7 +26,7 @@ from qa_service.cli.common import (
 from qa_service.cli.documents import add, remove
 from qa_service.cli.eval import evaluate
 from qa_service.indexing import build_index
-from qa_service.service import make_splitter
+from qa_service.service import load_configured_encoder, make_splitter
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 
@@ -44,7 +43,7 @@ def index(corpus_dir: CorpusOpt = None, index_dir: IndexOpt = None, model: Model
     settings = settings_from_flags(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
     bars = ProgressBars()
     with user_errors():
-        encoder = load_encoder(settings.model)
+        encoder = load_configured_encoder(settings)
         _, report = build_index(
             settings.corpus_dir,
             settings.index_dir,
