@@ -10,7 +10,7 @@ each in a process of its own so that peak memory is that step's alone:
    by this process from the start of the child to its exit, so it includes Python's start-up,
    the imports and the model load, as a user sees it;
 2. the bare encoder on the exact texts that build encoded (read back from its index):
-   `embeddings.load_encoder().encode_passages` in batches of 32, once in corpus order (one model
+   the configured encoder's `encode_passages` in batches of 32, once in corpus order (one model
    call per batch, no sorting) and once as one call (sentence-transformers sorts by length);
    then the sentences the same way as one call.
 
@@ -89,10 +89,10 @@ def _index_child(corpus: Path, index_dir: Path, out: Path) -> None:
 
         return wrapper
 
-    load_encoder = cli.load_encoder
+    load_encoder = cli.load_configured_encoder
 
-    def timed_encoder(spec: str) -> Any:
-        encoder = timed("loading the model", load_encoder)(spec)
+    def timed_encoder(settings: Any) -> Any:
+        encoder = timed("loading the model", load_encoder)(settings)
         token_spans, encode_passages = encoder.token_spans, encoder.encode_passages
 
         def spans(texts: Any) -> Any:
@@ -127,7 +127,7 @@ def _index_child(corpus: Path, index_dir: Path, out: Path) -> None:
     class Vectors(ix.VectorIndex):  # type: ignore[misc]
         build = classmethod(timed("FAISS index", ix.VectorIndex.build.__func__))
 
-    cli.load_encoder = timed_encoder
+    cli.load_configured_encoder = timed_encoder
     cli.make_splitter = timed_splitter
     cli.ProgressBars = Bars
     ix.LexicalIndex, ix.VectorIndex = Lexical, Vectors
@@ -156,12 +156,14 @@ def _index_child(corpus: Path, index_dir: Path, out: Path) -> None:
 
 
 def _bare_child(texts_path: Path, out: Path) -> None:
-    from embeddings import load_encoder
+    from qa_service.config import Settings
+    from qa_service.service import load_configured_encoder
 
     texts = json.loads(texts_path.read_text())
     passages, sentences = texts["passages"], texts["sentences"]
     t0 = time.perf_counter()
-    encoder = load_encoder()
+    # The configured backend, its export cached by the `qa index` run beside these texts.
+    encoder = load_configured_encoder(Settings(index_dir=texts_path.parent / "index"))
     encoder.encode_passages(passages[:BATCH], batch_size=BATCH)  # warm up
     loading = time.perf_counter() - t0
     result: dict[str, float] = {"loading the model": loading}
