@@ -147,8 +147,10 @@ async def drive(
 
     started = time.monotonic()
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        writer = [write_documents(url, level, deadline, writes_per_minute)] * (
-            writes_per_minute > 0
+        writer = (
+            [write_documents(url, level, deadline, writes_per_minute)]
+            if writes_per_minute > 0
+            else []
         )
         await asyncio.gather(
             sample_memory(), *writer, *(worker(client) for _ in range(level.concurrency))
@@ -159,21 +161,22 @@ async def drive(
 
 
 def bare_batched_throughput(index_dir: Path, questions: list[str], seconds: float) -> float:
-    """Questions/s of the bare model encoding batches of 64 plus an exact FAISS search."""
-    from embeddings import load_encoder
+    """Questions/s of the bare model encoding batches of 64 plus an exact FAISS search, with the
+    encoder the server runs (the configured backend, its export cached in the index folder)."""
+    from qa_service.config import Settings
+    from qa_service.service import load_configured_encoder
     from qa_service.store import load_index
 
-    encoder = load_encoder()
-    model = encoder._model  # type: ignore[attr-defined]  # the SentenceTransformer itself
+    encoder = load_configured_encoder(Settings(index_dir=index_dir))
     index = load_index(index_dir)
-    vectors = np.vstack([index.vectors._index.reconstruct(i) for i in range(len(index.passages))])
+    vectors = index.vectors.vectors(np.arange(len(index.passages), dtype=np.int64))
     flat = faiss.IndexFlatIP(vectors.shape[1])
-    flat.add(vectors)
+    flat.add(np.ascontiguousarray(vectors))
     batch = list(itertools.islice(itertools.cycle(questions), 64))
-    flat.search(model.encode(batch[:4], normalize_embeddings=True), 5)  # warm
+    flat.search(encoder.encode_queries(batch[:4]), 5)  # warm
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        flat.search(model.encode(batch, normalize_embeddings=True, convert_to_numpy=True), 5)
+        flat.search(encoder.encode_queries(batch, batch_size=64), 5)
         done += len(batch)
     return done / (time.perf_counter() - started)
 
