@@ -1,4 +1,8 @@
-"""Dependencies shared by the routers, as `Annotated` aliases."""
+"""Dependencies shared by the routers, as `Annotated` aliases.
+
+They are `async def` because they never block: FastAPI runs a plain `def` dependency in its
+threadpool, one thread hand-off per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from qa_service.errors import AuthenticationError, ServiceNotReadyError, WritesD
 from qa_service.service import QAService
 
 
-def get_service(request: Request) -> QAService:
+async def get_service(request: Request) -> QAService:
     service: QAService | None = request.app.state.service
     if service is None:
         raise ServiceNotReadyError("the model and index are still loading; try again shortly")
@@ -46,7 +50,7 @@ def _authenticate(request: Request, keys: Sequence[str], what: str) -> None:
         raise AuthenticationError("the API key is not valid")
 
 
-def require_write_key(request: Request) -> None:
+async def require_write_key(request: Request) -> None:
     """Writes need one of QA_API_KEYS; with none configured, writes are disabled (403)."""
     keys: list[str] = request.app.state.api_keys
     if not keys:
@@ -58,7 +62,7 @@ def require_write_key(request: Request) -> None:
     _authenticate(request, keys, "writing documents")
 
 
-def require_read_key(request: Request) -> None:
+async def require_read_key(request: Request) -> None:
     """Reads are open unless QA_READ_API_KEYS is set; then a read or a write key is needed."""
     read_keys: list[str] = request.app.state.read_api_keys
     if read_keys:

@@ -6,6 +6,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from qa_service.api.deps import ServiceDep
 from qa_service.api.metrics import record_answers
@@ -43,7 +44,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/chat", response_model=ChatResponse, responses=RESPONSES)
-def chat(
+async def chat(
     body: ChatRequest, request: Request, service: ServiceDep
 ) -> ChatResponse | EventSourceResponse:
     """Answer the last user message in the context of the conversation.
@@ -54,9 +55,10 @@ def chat(
     question = body.messages[-1].content
     query = retrieval_query(body.turns())
     filters = body.filters.to_filters() if body.filters else None
-    timed = service.ask(
-        question, body.top_k, body.min_score, body.mode, filters, query, body.diversity
-    )
+    timed = await run_in_threadpool(
+        service.ask, question, body.top_k, body.min_score, body.mode, filters, query,
+        body.diversity,
+    )  # fmt: skip
     record_answers(request, "/v1/chat", [timed.answer.answerable], question)
     response = AskResponse.from_answer(timed.answer, timed.documents, timed.took_ms)
     result = ChatResponse(**dict(response), query=query)

@@ -8,13 +8,13 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> Health:
+async def healthz() -> Health:
     """The process is alive (it may still be loading)."""
     return Health(status="ok")
 
 
 @router.get("/readyz", responses={503: {"model": Readiness}})
-def readyz(request: Request, response: Response) -> Readiness:
+async def readyz(request: Request, response: Response) -> Readiness:
     """Ready once the model and index are loaded; not ready again while shutting down."""
     service = request.app.state.service
     if service is None or request.app.state.shutting_down:
