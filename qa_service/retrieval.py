@@ -21,7 +21,7 @@ the best attainable (see `lexical.py`).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -247,37 +247,46 @@ class Retriever:
         if not ids:
             return []
         id_array = np.asarray(ids, dtype=np.int64)
-        dense = None
+        dense = lex = None
         if mode != "lexical":
             dense = (self._index.vectors.vectors(id_array) @ vectors.T).max(axis=1)
             if self._index.unit_vectors is not None and self.scoring.sentence_evidence:
                 dense = np.maximum(dense, self._best_sentence_scores(ids, vectors))
-        lexical_weight = (1 - self.dense_weight) * coverage
-        floor = self.scoring.floor
-        hits = []
-        for j, i in enumerate(ids):
-            d = None if dense is None else float(dense[j])
-            lex = None if lexical is None else float(lexical[i])
-            if mode == "dense":
-                score = d
-            elif mode == "lexical":
-                score = lex
-            else:
-                assert d is not None and lex is not None
-                rescaled = (d - floor) / (1 - floor)
-                score = (1 - lexical_weight) * rescaled + lexical_weight * lex
-            assert score is not None
-            hits.append(Hit(self._index.passages[i], score, d, lex, i))
-        hits.sort(key=lambda h: h.score, reverse=True)
+            dense = dense.astype(np.float64)
+        if lexical is not None:
+            lex = lexical[id_array].astype(np.float64)
+        if dense is None:
+            assert lex is not None
+            scores = lex
+        elif lex is None:
+            scores = dense
+        else:
+            lexical_weight = (1 - self.dense_weight) * coverage
+            rescaled = (dense - self.scoring.floor) / (1 - self.scoring.floor)
+            scores = (1 - lexical_weight) * rescaled + lexical_weight * lex
+        # Best first, ties in candidate order; hits are made only as far as merging needs.
+        hits = (
+            Hit(
+                self._index.passages[ids[j]],
+                float(scores[j]),
+                None if dense is None else float(dense[j]),
+                None if lex is None else float(lex[j]),
+                ids[j],
+            )
+            for j in np.argsort(-scores, kind="stable")
+        )
         return self._merge_overlaps(hits, k)
 
     def _best_sentence_scores(self, ids: list[int], vectors: Vectors) -> npt.NDArray[np.float32]:
+        """Each passage's best sentence cosine, from one product over all their sentences."""
         assert self._index.unit_vectors is not None
-        units = self._index.unit_vectors
-        best = np.empty(len(ids), dtype=np.float32)
-        for j, i in enumerate(ids):
-            rows = self._index.unit_rows(self._index.passages[i])
-            best[j] = (units[rows.start : rows.stop] @ vectors.T).max()
+        rows = [self._index.unit_rows(self._index.passages[i]) for i in ids]
+        starts = np.fromiter((r.start for r in rows), np.int64, len(rows))
+        lengths = np.fromiter((len(r) for r in rows), np.int64, len(rows))
+        firsts = np.cumsum(lengths) - lengths  # where each passage's sentences begin in `flat`
+        flat = np.arange(lengths.sum()) + np.repeat(starts - firsts, lengths)
+        cosines = (self._index.unit_vectors[flat] @ vectors.T).max(axis=1)
+        best: npt.NDArray[np.float32] = np.maximum.reduceat(cosines, firsts)
         return best
 
     def _diversify(self, hits: list[Hit], k: int, diversity: float) -> list[Hit]:
@@ -297,7 +306,7 @@ class Retriever:
             closest = np.maximum(closest, similarity[best])
         return [hits[n] for n in picked]
 
-    def _merge_overlaps(self, hits: list[Hit], k: int) -> list[Hit]:
+    def _merge_overlaps(self, hits: Iterable[Hit], k: int) -> list[Hit]:
         """Best-first hits with overlapping windows merged, so no text is returned twice.
 
         A merged passage spans at most MAX_MERGED_WINDOWS windows; a window that would make it
