@@ -4,9 +4,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 
 from qa_service.api.deps import ServiceDep
 from qa_service.api.metrics import record_answers
