@@ -26,7 +26,6 @@ import os
 import re
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from embeddings.durable import replace_file
 from embeddings.encoder import ModelNotAvailableError, Span, Vectors
 
 logger = logging.getLogger(__name__)
@@ -209,28 +209,15 @@ def _read_verified(path: Path, quiet: bool = False) -> bytes | None:
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
-    """The model file, then its sidecar: each to a temporary name, fsynced, renamed."""
+    """The model file, then its sidecar (which vouches for it), each replaced atomically."""
     meta = {
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "export_version": EXPORT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    for path, content in ((target, data), (_sidecar(target), json.dumps(meta).encode())):
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with temporary.open("wb") as f:
-                f.write(content)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    replace_file(target, data)
+    replace_file(_sidecar(target), json.dumps(meta).encode())
 
 
 def _remove_superseded(target: Path) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from embeddings import IndexFormatError, VectorIndex, Vectors
+from embeddings.durable import fsync_dir
 from embeddings.index import IndexConfig, check_params
 from qa_service.chunking import Passage, Span
 from qa_service.documents import Document
@@ -129,14 +130,6 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_index(index_dir: Path, data: IndexData) -> Path:

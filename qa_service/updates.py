@@ -21,14 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from embeddings import Encoder
+from embeddings.durable import fsync_dir, replace_file
 from embeddings.index import IndexConfig
 from qa_service.chunking import Splitter
 from qa_service.documents import (
@@ -49,7 +48,7 @@ from qa_service.errors import (
     UnsupportedDocumentTypeError,
 )
 from qa_service.indexing import TermCache, build_index, corpus_files, fingerprint_of, update_index
-from qa_service.store import IndexData, fsync_dir, load_index, save_index
+from qa_service.store import IndexData, load_index, save_index
 
 logger = logging.getLogger(__name__)
 
@@ -116,16 +115,7 @@ def write_durably(path: Path, data: bytes) -> None:
     """Replace `path` with `data` atomically: written beside it, fsynced, renamed, folder fsynced.
     The temporary file is hidden, so a crash leaves nothing the corpus loader would read."""
     _make_folders(path.parent)
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with temporary.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    replace_file(path, data)
 
 
 class _CorpusChange:
