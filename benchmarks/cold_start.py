@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._server import rss_mib  # noqa: E402
 from embeddings import VectorIndex, load_encoder  # noqa: E402
 from embeddings.index import IndexConfig  # noqa: E402
+from qa_service.acronyms import definitions  # noqa: E402
 from qa_service.chunking import Passage, PassageSplitter, Span  # noqa: E402
 from qa_service.config import Settings  # noqa: E402
 from qa_service.documents import Document  # noqa: E402
@@ -153,6 +154,7 @@ def large_index(corpus: Path, index_dir: Path, passages: int) -> None:
     data = IndexData(
         documents=documents,
         units=units,
+        acronyms={doc_id: definitions(d.text) for doc_id, d in documents.items()},
         passages=rows,
         vectors=VectorIndex.build(vectors, config=config),
         lexical=LexicalIndex.build([p.text for p in rows]),

@@ -6,13 +6,12 @@ few dot products at query time rather than another model call.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
-from bm25s.stopwords import STOPWORDS_EN_PLUS
 
 from embeddings import Vectors
+from qa_service.lexical import STOPWORDS, WORD
 from qa_service.retrieval import Hit, Mode
 from qa_service.store import IndexData
 
@@ -34,16 +33,13 @@ ANSWER_PASSAGES = 3
 HIGHLIGHTED_PASSAGES = 50
 LEXICAL_WEIGHT = 0.6
 
-_WORD = re.compile(r"\w+")
-_STOPWORDS = frozenset(STOPWORDS_EN_PLUS)
-
 
 def min_score_for(model: str, mode: Mode) -> float:
     return CALIBRATED_MIN_SCORE.get(model, FALLBACK_MIN_SCORE)[mode]
 
 
 def content_terms(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS}
+    return {w for w in WORD.findall(text.lower()) if w not in STOPWORDS}
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import numpy as np
 
 from embeddings import Encoder, VectorIndex
 from embeddings.index import IndexConfig
+from qa_service.acronyms import definitions
 from qa_service.chunking import ChunkedDocument, Passage, PassageSplitter, Splitter
 from qa_service.documents import Document, SkippedFile, load_corpus
 from qa_service.errors import IndexCorruptError, IndexNotFoundError
@@ -233,6 +234,7 @@ def index_documents(
     return IndexData(
         documents={c.document.id: c.document for c in chunked},
         units={c.document.id: c.units for c in chunked},
+        acronyms={c.document.id: definitions(c.document.text) for c in chunked},
         passages=passages,
         vectors=VectorIndex.build(passage_vectors, config=index_config),
         lexical=LexicalIndex.build(indexed_texts),
@@ -356,6 +358,8 @@ def update_index(
     documents.update((c.document.id, c.document) for c in chunked)
     units = {doc_id: data.units[doc_id] for doc_id in kept_ids}
     units.update((c.document.id, c.units) for c in chunked)
+    acronyms = {doc_id: data.acronyms[doc_id] for doc_id in kept_ids}
+    acronyms.update((c.document.id, definitions(c.document.text)) for c in chunked)
     old_texts = indexed_texts(data, splitter)
     texts = [old_texts[i] for i in kept] + new_texts
     terms = terms or TermCache()
@@ -364,6 +368,7 @@ def update_index(
     return IndexData(
         documents=documents,
         units=units,
+        acronyms=acronyms,
         passages=passages,
         vectors=data.vectors.updated(np.asarray(kept, dtype=np.int64), new_vectors, index_config),
         lexical=LexicalIndex.from_terms(terms.analyse(texts)),

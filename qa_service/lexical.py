@@ -21,8 +21,8 @@ from bm25s.stopwords import STOPWORDS_EN_PLUS
 
 Scores = npt.NDArray[np.float32]
 
-_WORD = re.compile(r"\w+")
-_STOPWORDS = frozenset(STOPWORDS_EN_PLUS)
+WORD = re.compile(r"\w+")
+STOPWORDS = frozenset(STOPWORDS_EN_PLUS)
 
 
 class Analyzer:
@@ -33,7 +33,7 @@ class Analyzer:
         self._stemmer = Stemmer.Stemmer("english")
 
     def terms(self, text: str) -> list[str]:
-        words = [w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS]
+        words = [w for w in WORD.findall(text.lower()) if w not in STOPWORDS]
         return list(self._stemmer.stemWords(words))
 
 

@@ -20,19 +20,17 @@ the best attainable (see `lexical.py`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from bm25s.stopwords import STOPWORDS_EN_PLUS
 
 from embeddings import Vectors
 from qa_service.chunking import Passage, Span
 from qa_service.documents import Document
-from qa_service.lexical import Analyzer
+from qa_service.lexical import STOPWORDS, WORD, Analyzer
 from qa_service.store import IndexData
 
 Mode = Literal["dense", "lexical", "hybrid"]
@@ -66,9 +64,6 @@ MIN_CANDIDATES = 40
 MAX_MERGED_WINDOWS = 4
 # With diversity, the `k` results are chosen among this many times `k` of the best.
 DIVERSITY_POOL = 3
-# The lexical analyser's words and stop words (lexical.py).
-_WORD = re.compile(r"\w+")
-_STOPWORDS = frozenset(STOPWORDS_EN_PLUS)
 
 
 @dataclass(frozen=True)
@@ -165,7 +160,7 @@ class Retriever:
     def lexical_coverage(self, question: str) -> float:
         """Share of the question's distinct words BM25 can read: English stop words, and terms
         (stemmed as BM25 indexes them) that occur in the index."""
-        stop = {w for w in _WORD.findall(question.lower()) if w in _STOPWORDS}
+        stop = {w for w in WORD.findall(question.lower()) if w in STOPWORDS}
         terms = dict.fromkeys(self._analyzer.terms(question))
         if not stop and not terms:
             return 0.0

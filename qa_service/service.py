@@ -20,6 +20,7 @@ import numpy as np
 
 from embeddings import Encoder, Vectors, load_encoder
 from embeddings.batching import QueryBatcher, QueueTimeoutError
+from qa_service.acronyms import Acronyms
 from qa_service.answering import Answer, AnswerBuilder, min_score_for
 from qa_service.chunking import PassageSplitter
 from qa_service.config import Settings
@@ -65,6 +66,7 @@ class _State:
     index: IndexData
     retriever: Retriever
     answers: AnswerBuilder
+    acronyms: Acronyms
 
 
 def load_configured_encoder(settings: Settings) -> Encoder:
@@ -150,7 +152,12 @@ class QAService:
                 f"index built with {index.manifest.model} cannot be queried with "
                 f"{self.encoder.name}"
             )
-        return _State(index, Retriever(index, self.dense_weight), AnswerBuilder(index))
+        return _State(
+            index,
+            Retriever(index, self.dense_weight),
+            AnswerBuilder(index),
+            Acronyms.from_definitions(index.acronyms.values()),
+        )
 
     @property
     def index(self) -> IndexData:
@@ -223,16 +230,17 @@ class QAService:
         state = self._state  # one snapshot for the whole call
         mode = mode or self.mode
         threshold = self.threshold(mode) if min_score is None else min_score
-        if queries is None:
-            queries = questions
-            vectors = query_vectors = self._encode_spellings(questions)
-        else:
-            if len(queries) != len(questions):
-                raise ValueError("one query per question")
-            both = self._encode_spellings([*questions, *queries])
-            vectors, query_vectors = both[: len(questions)], both[len(questions) :]
+        # What is searched: the question (or the follow-up's query) with the acronyms it uses
+        # spelled out; the answer sentence is chosen for the question as asked.
+        searched = [state.acronyms.expand(q) for q in (queries or questions)]
+        if len(searched) != len(questions):
+            raise ValueError("one query per question")
+        texts = list(dict.fromkeys([*questions, *searched]))
+        encoded = dict(zip(texts, self._encode_spellings(texts), strict=True))
+        vectors = [encoded[q] for q in questions]
+        query_vectors = [encoded[q] for q in searched]
         k = top_k or self.top_k
-        hits = state.retriever.retrieve(queries, query_vectors, k, mode, filters, diversity)
+        hits = state.retriever.retrieve(searched, query_vectors, k, mode, filters, diversity)
         answers = [
             state.answers.build(q, v, h, threshold)
             for q, v, h in zip(questions, vectors, hits, strict=True)

@@ -32,6 +32,7 @@ import numpy as np
 from embeddings import IndexFormatError, VectorIndex, Vectors
 from embeddings.durable import fsync_dir
 from embeddings.index import IndexConfig, check_params
+from qa_service.acronyms import Definition, definitions
 from qa_service.chunking import Passage, Span
 from qa_service.documents import Document
 from qa_service.errors import IndexBusyError, IndexCorruptError, IndexNotFoundError
@@ -80,6 +81,7 @@ class IndexData:
     documents: dict[str, Document]
     # Sentence units per document; unit vectors are stored in the same order, document by document.
     units: dict[str, list[Span]]
+    acronyms: dict[str, list[Definition]]  # the acronyms each document defines (acronyms.py)
     passages: list[Passage]  # a passage's position is its id in the vector index
     vectors: VectorIndex
     lexical: LexicalIndex
@@ -159,6 +161,7 @@ def _save_index(index_dir: Path, data: IndexData) -> Path:
                 "metadata": d.metadata,
                 "page_starts": list(d.page_starts),
                 "units": data.units[d.id],
+                "acronyms": data.acronyms[d.id],
                 "text": d.text,
             }
             for d in data.documents.values()
@@ -305,8 +308,13 @@ def load_index(index_dir: Path, config: IndexConfig | None = None) -> IndexData:
     try:
         documents: dict[str, Document] = {}
         units: dict[str, list[Span]] = {}
+        acronyms: dict[str, list[Definition]] = {}
         for row in _read_jsonl(folder / _DOCUMENTS):
             units[row["id"]] = [(int(a), int(b)) for a, b in row.pop("units")]
+            found = row.pop("acronyms", None)  # None: saved before acronyms were kept
+            acronyms[row["id"]] = (
+                definitions(row["text"]) if found is None else [(s, f) for s, f in found]
+            )
             row["page_starts"] = tuple(row["page_starts"])
             documents[row["id"]] = Document(**row)
         passages = []
@@ -324,7 +332,7 @@ def load_index(index_dir: Path, config: IndexConfig | None = None) -> IndexData:
     except (OSError, ValueError, TypeError, KeyError, IndexFormatError) as exc:
         raise IndexCorruptError(f"cannot read the index in {folder}: {exc}") from exc
     return IndexData(
-        documents, units, passages, vectors, lexical, unit_vectors, manifest, folder.name
+        documents, units, acronyms, passages, vectors, lexical, unit_vectors, manifest, folder.name
     )
 
 
