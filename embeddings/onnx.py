@@ -393,6 +393,10 @@ def _session(data: bytes, threads: int) -> Any:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Intra-op threads spin between the operators of a call, which is what makes a lone question
+    # fast, but by default they keep spinning after it: a core burnt for nothing while the server
+    # parses the next request (measured: latency over HTTP 15.8 -> 11.3 ms when they stop).
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     options.log_severity_level = 3  # warnings about the fused graph's shapes are noise
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 

@@ -331,7 +331,10 @@ def load_index(index_dir: Path, config: IndexConfig | None = None) -> IndexData:
         unit_path = folder / _UNIT_VECTORS
         # Memory-mapped too; a generation's files are never rewritten in place (a write makes a
         # new generation, and removing the old one keeps mapped pages readable until unmapped).
-        unit_vectors = np.load(unit_path, mmap_mode="r") if unit_path.exists() else None
+        # A plain ndarray view of the map: every slice of a `np.memmap` runs Python hooks.
+        unit_vectors = (
+            np.load(unit_path, mmap_mode="r").view(np.ndarray) if unit_path.exists() else None
+        )
     except (OSError, ValueError, TypeError, KeyError, IndexFormatError) as exc:
         raise IndexCorruptError(f"cannot read the index in {folder}: {exc}") from exc
     return IndexData(

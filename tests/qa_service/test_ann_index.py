@@ -51,7 +51,7 @@ def test_manifest_records_the_kind_and_load_maps_it(tmp_path: Path, encoder: Enc
     loaded = load_index(tmp_path, IndexConfig(ef_search=40))
     assert (loaded.vectors.kind, loaded.vectors.config.ef_search) == ("hnsw", 40)
     assert loaded.vectors._mapped
-    assert isinstance(loaded.unit_vectors, np.memmap)
+    assert loaded.unit_vectors is not None and isinstance(loaded.unit_vectors.base, np.memmap)
     q = encoder.encode_queries(["At what temperature does water boil?"])
     assert loaded.passages[int(loaded.vectors.search(q, 1)[1][0, 0])].document_id == "b"
     ids = np.arange(len(loaded.passages))
