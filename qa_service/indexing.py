@@ -24,11 +24,11 @@ from qa_service.acronyms import definitions
 from qa_service.chunking import ChunkedDocument, Passage, PassageSplitter, Splitter
 from qa_service.documents import Document, SkippedFile, load_corpus
 from qa_service.errors import IndexCorruptError, IndexNotFoundError
+from qa_service.fingerprint import MEMO_FILE, corpus_files, corpus_fingerprint, fingerprint_of
 from qa_service.lexical import Analyzer, LexicalIndex
 from qa_service.store import (
     IndexData,
     Manifest,
-    file_sha256,
     index_lock,
     load_index,
     new_manifest,
@@ -57,30 +57,6 @@ def passage_settings(splitter: Splitter) -> dict[str, Any]:
         "overlap": splitter.overlap,
         "title_context": splitter.title_context,
     }
-
-
-def corpus_files(corpus_dir: Path) -> dict[str, str]:
-    """sha256 of every file below the corpus folder (hidden ones excepted), by relative path."""
-    files = {}
-    for path in sorted(p for p in corpus_dir.rglob("*") if p.is_file()):
-        relative = path.relative_to(corpus_dir).as_posix()
-        if any(part.startswith(".") for part in Path(relative).parts):
-            continue
-        files[relative] = file_sha256(path)
-    return files
-
-
-def fingerprint_of(files: Mapping[str, str]) -> str:
-    digest = hashlib.sha256()
-    for relative in sorted(files):
-        digest.update(relative.encode() + b"\0")
-        digest.update(files[relative].encode())
-    return digest.hexdigest()
-
-
-def corpus_fingerprint(corpus_dir: Path) -> str:
-    """Changes whenever a file below the corpus folder is added, removed, renamed or edited."""
-    return fingerprint_of(corpus_files(corpus_dir))
 
 
 def _text_key(text: str) -> bytes:
@@ -173,8 +149,12 @@ def stale_reasons(
     splitter: Splitter,
     corpus_dir: Path,
     index_config: IndexConfig | None = None,
+    index_dir: Path | None = None,
 ) -> list[str]:
-    """Why a saved index no longer matches the configuration; empty when it does."""
+    """Why a saved index no longer matches the configuration; empty when it does.
+
+    With `index_dir`, the corpus check reuses the hashes of unchanged files (fingerprint.py).
+    """
     reasons = []
     wanted = (index_config or IndexConfig()).build_params(manifest.passages)
     if manifest.vector_index != wanted:
@@ -186,7 +166,8 @@ def stale_reasons(
             f"built with passage settings {manifest.passage_settings}, "
             f"configured {passage_settings(splitter)}"
         )
-    if corpus_dir.is_dir() and manifest.corpus_fingerprint != corpus_fingerprint(corpus_dir):
+    memo = None if index_dir is None else index_dir / MEMO_FILE
+    if corpus_dir.is_dir() and manifest.corpus_fingerprint != corpus_fingerprint(corpus_dir, memo):
         reasons.append(f"the files in {corpus_dir} changed since it was built")
     return reasons
 
@@ -259,7 +240,7 @@ def build_index(
     """
     started = time.perf_counter()
     with index_lock(index_dir):
-        files = corpus_files(corpus_dir)
+        files = corpus_files(corpus_dir, index_dir / MEMO_FILE)
         loaded = load_corpus(corpus_dir)
         if not loaded.documents:
             raise ValueError(f"no readable documents in {corpus_dir}; nothing to index")

@@ -103,8 +103,9 @@ def ensure_index(
                         settings.corpus_dir)  # fmt: skip
             return rebuild()
         reasons = stale_reasons(
-            manifest, encoder, splitter, settings.corpus_dir, settings.index_config()
-        )
+            manifest, encoder, splitter, settings.corpus_dir, settings.index_config(),
+            settings.index_dir,
+        )  # fmt: skip
         if reasons:
             if not settings.rebuild_stale_index:
                 raise IndexStaleError(

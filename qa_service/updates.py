@@ -47,7 +47,8 @@ from qa_service.errors import (
     StorageError,
     UnsupportedDocumentTypeError,
 )
-from qa_service.indexing import TermCache, build_index, corpus_files, fingerprint_of, update_index
+from qa_service.fingerprint import MEMO_FILE, corpus_files, fingerprint_of
+from qa_service.indexing import TermCache, build_index, update_index
 from qa_service.store import IndexData, load_index, save_index
 
 logger = logging.getLogger(__name__)
@@ -272,7 +273,7 @@ class DocumentUpdater:
         from before live updates whose corpus has changed since (then the write rebuilds)."""
         if base.manifest.corpus_files:
             return dict(base.manifest.corpus_files)
-        files = corpus_files(self.corpus_dir)
+        files = corpus_files(self.corpus_dir, self.index_dir / MEMO_FILE)
         return files if fingerprint_of(files) == base.manifest.corpus_fingerprint else None
 
     def _updated(

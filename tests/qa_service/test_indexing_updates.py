@@ -22,11 +22,11 @@ from qa_service.errors import (
     LastDocumentError,
     UnsupportedDocumentTypeError,
 )
+from qa_service.fingerprint import corpus_fingerprint
 from qa_service.indexing import (
     EmbeddingCache,
     TermCache,
     build_index,
-    corpus_fingerprint,
     index_documents,
     update_index,
 )

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from embeddings import Encoder
+from qa_service import fingerprint
 from qa_service.chunking import PassageSplitter
 from qa_service.config import Settings
 from qa_service.documents import Document
 from qa_service.errors import IndexCorruptError, IndexNotFoundError, IndexStaleError
+from qa_service.fingerprint import MEMO_FILE
 from qa_service.indexing import index_documents
 from qa_service.service import QAService, ensure_index
 from qa_service.store import IndexData, current_generation, load_index, save_index
@@ -80,6 +82,23 @@ def test_stale_index_is_rebuilt_or_refused(tmp_path: Path, encoder: Encoder) -> 
     resized = settings.model_copy(update={"passage_tokens": 64})
     rebuilt = ensure_index(resized, encoder)
     assert rebuilt.manifest.passage_settings["target_tokens"] == 64
+
+
+def test_an_edit_is_seen_through_the_hash_memo(
+    tmp_path: Path, encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fingerprint, "RACY_NS", 0)  # the test's files count as settled at once
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "one.txt").write_text("The first document talks about rivers.")
+    settings = Settings(corpus_dir=corpus, index_dir=tmp_path / "idx", rebuild_stale_index=False)
+    ensure_index(settings, encoder)  # built: the build leaves the memo
+    assert (settings.index_dir / MEMO_FILE).exists()
+    ensure_index(settings, encoder)  # loaded, the corpus checked through the memo
+
+    (corpus / "one.txt").write_text("The first document talks about lakes!")  # same size
+    with pytest.raises(IndexStaleError, match="changed since it was built"):
+        ensure_index(settings, encoder)
 
 
 def test_service_refuses_an_index_from_another_model(small_index: IndexData) -> None:
