@@ -72,16 +72,25 @@ def _still_holds(entry: list[int | str], status: os.stat_result) -> bool:
     return tuple(entry[:4]) == _signature(status) and changed < int(entry[5]) - RACY_NS
 
 
+def _valid(entry: object) -> bool:
+    """size, mtime_ns, ctime_ns, inode, sha256, hashed_at_ns."""
+    return (
+        isinstance(entry, list)
+        and len(entry) == 6
+        and isinstance(entry[4], str)
+        and all(type(v) is int for i, v in enumerate(entry) if i != 4)
+    )
+
+
 def _read_memo(path: Path, corpus_dir: Path) -> dict[str, list[int | str]]:
     try:
         memo = orjson.loads(path.read_bytes())
         if memo["version"] != _MEMO_VERSION or memo["corpus"] != str(corpus_dir.resolve()):
             return {}
-        files: dict[str, list[int | str]] = memo["files"]
-        return files
+        return {relative: entry for relative, entry in memo["files"].items() if _valid(entry)}
     except FileNotFoundError:
         return {}
-    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         logger.info("ignoring the corpus hash memo %s: %s", path, exc)
         return {}
 

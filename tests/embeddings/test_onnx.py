@@ -18,6 +18,7 @@ from embeddings import (
     ModelNotAvailableError,
     load_encoder,
 )
+from embeddings import onnx as onnx_module
 from embeddings.encoder import INT8_SUFFIX, resolve_model
 from embeddings.onnx import (
     ModelFolder,
@@ -139,6 +140,20 @@ def test_order_is_kept_and_progress_sees_every_text(onnx_fp32: OnnxEncoder) -> N
     one_by_one = np.vstack([onnx_fp32.encode_queries([t]) for t in texts])
     assert seen and sum(seen) == len(texts)
     np.testing.assert_allclose(with_progress, one_by_one, atol=1e-5)
+
+
+def test_texts_tokenised_in_slices_keep_their_vectors(
+    onnx_fp32: OnnxEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A corpus is tokenised a slice at a time (bounded memory), then batched by length across
+    slices; each text must still get its own vector."""
+    texts = [" ".join(["word"] * n) + f" number {n}" for n in (40, 1, 17, 3, 60, 8, 25)]
+    whole = onnx_fp32.encode_passages(texts, batch_size=3)
+    monkeypatch.setattr(onnx_module, "_TOKENIZE_SLICE", 2)
+    sliced = onnx_fp32.encode_passages(texts, batch_size=3)
+    one_by_one = np.vstack([onnx_fp32.encode_queries([t]) for t in texts])
+    np.testing.assert_allclose(sliced, whole, atol=1e-6)
+    np.testing.assert_allclose(sliced, one_by_one, atol=1e-5)
 
 
 def test_concurrent_callers_get_their_own_vectors(onnx_fp32: OnnxEncoder) -> None:

@@ -128,6 +128,23 @@ def test_an_unusable_memo_means_hashing_and_is_rewritten(
     assert hashed == []
 
 
+def test_malformed_memo_entries_are_hashed_again(
+    tmp_path: Path, hashed: list[Path], settled: None
+) -> None:
+    corpus, memo = _corpus(tmp_path), tmp_path / MEMO_FILE
+    corpus_files(corpus, memo)
+    data = json.loads(memo.read_bytes())
+    good = data["files"]["a.txt"]
+    data["files"] = {"a.txt": good[:4], "reports/b.md": [*good[:5], "soon"]}
+    memo.write_text(json.dumps(data))
+    hashed.clear()
+    assert corpus_files(corpus, memo) == corpus_files(corpus)
+    assert sorted(p.name for p in hashed) == ["a.txt", "a.txt", "b.md", "b.md"]
+    data["files"] = ["not", "a", "mapping"]
+    memo.write_text(json.dumps(data))
+    assert corpus_files(corpus, memo) == corpus_files(corpus)
+
+
 def test_a_memo_of_another_corpus_folder_is_not_used(
     tmp_path: Path, hashed: list[Path], settled: None
 ) -> None:
