@@ -20,6 +20,7 @@ the best attainable (see `lexical.py`).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -171,9 +172,13 @@ class Retriever:
         if filters is None:
             return None
         documents = self._index.documents
-        allowed = {d for d, doc in documents.items() if filters.allows(doc)}
-        ids = [i for i, p in enumerate(self._index.passages) if p.document_id in allowed]
-        return np.asarray(ids, dtype=np.int64)
+        # Named documents need no pass over all of them.
+        named = documents.keys() if filters.document_ids is None else filters.document_ids
+        passage_ids = self._index.passage_ids
+        ids = itertools.chain.from_iterable(
+            passage_ids[d] for d in named if d in documents and filters.allows(documents[d])
+        )
+        return np.sort(np.fromiter(ids, dtype=np.int64))
 
     def retrieve(
         self,

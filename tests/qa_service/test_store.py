@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,21 @@ def test_round_trip_keeps_everything(tmp_path: Path, small_index: IndexData) -> 
     q = small_index.unit_vectors[:1]
     assert (loaded.vectors.search(q, 3)[1] == small_index.vectors.search(q, 3)[1]).all()
     assert set(loaded.manifest.files) >= {"passages.faiss", "passages.jsonl", "documents.jsonl"}
+
+
+def test_passage_ids_by_document_follow_the_passages(
+    tmp_path: Path, small_index: IndexData
+) -> None:
+    save_index(tmp_path, small_index)
+    loaded = load_index(tmp_path)
+    expected = {
+        d: [i for i, p in enumerate(loaded.passages) if p.document_id == d]
+        for d in loaded.documents
+    }
+    assert loaded.passage_ids == expected
+    assert all(expected.values()) and sum(map(len, expected.values())) == len(loaded.passages)
+    assert loaded.passage_counts() == {d: len(ids) for d, ids in expected.items()}
+    assert gc.isenabled()  # loading pauses the collector and leaves it as it was
 
 
 def test_missing_index_is_reported(tmp_path: Path) -> None:
