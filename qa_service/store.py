@@ -110,8 +110,8 @@ class IndexData:
     def passage_ids(self) -> dict[str, list[int]]:
         """Each document's passage ids (positions in the vector index), in order, made on first
         use: a filter or a count then costs a pass over documents, not over every passage."""
-        ids: dict[str, list[int]] = {doc_id: [] for doc_id in self.documents}
         with gc_paused():
+            ids: dict[str, list[int]] = {doc_id: [] for doc_id in self.documents}
             for i, passage in enumerate(self.passages):
                 ids[passage.document_id].append(i)
         return ids
