@@ -500,7 +500,8 @@ class OnnxEncoder:
             return out
         inputs = [t.lower() for t in texts] if self._folder.lower_case else list(texts)
         # Word pieces kept as compact arrays, tokenised a slice at a time: the tokenizer's own
-        # encodings take about 165 bytes per word piece (1.1 GB for 50,000 passages at once).
+        # encodings take about 170 bytes per word piece (814 MiB for 50,000 passages at once,
+        # benchmarks/tokenising.py).
         pieces: list[npt.NDArray[np.int32]] = []
         for first in range(0, len(inputs), _TOKENIZE_SLICE):
             with self._lock:
