@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import stat
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -211,14 +213,38 @@ def load_document(
     )
 
 
+def corpus_listing(corpus_dir: Path) -> dict[str, os.stat_result]:
+    """Every regular file below `corpus_dir` (file links followed, folder links not, hidden names
+    skipped, unreadable folders passed over), by path relative to it, in order: what is indexed,
+    and what the index's corpus fingerprint covers."""
+    found: dict[str, os.stat_result] = {}
+
+    def visit(folder: str, prefix: str) -> None:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                visit(entry.path, f"{prefix}{entry.name}/")
+                continue
+            try:
+                status = entry.stat()
+            except OSError:  # removed meanwhile, or a dangling link: not a file of the corpus
+                continue
+            if stat.S_ISREG(status.st_mode):
+                found[prefix + entry.name] = status
+
+    visit(str(corpus_dir), "")
+    return dict(sorted(found.items()))
+
+
 def _corpus_files(corpus_dir: Path) -> Iterator[Path]:
-    for path in sorted(corpus_dir.rglob("*")):
-        relative = path.relative_to(corpus_dir)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-            continue
-        if relative.as_posix() == METADATA_FILE:
-            continue
-        yield path
+    for relative in corpus_listing(corpus_dir):
+        if relative != METADATA_FILE:
+            yield corpus_dir / relative
 
 
 def read_metadata(corpus_dir: Path) -> dict[str, dict[str, Any]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import orjson
 
 from embeddings.durable import replace_file
+from qa_service.documents import corpus_listing
 from qa_service.store import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -33,33 +33,6 @@ RACY_NS = 2_000_000_000
 
 # size, mtime_ns, ctime_ns, inode
 _Signature = tuple[int, int, int, int]
-
-
-def _listing(corpus_dir: Path) -> dict[str, os.stat_result]:
-    """Every regular file below `corpus_dir` (file links followed, folder links not, hidden names
-    skipped, unreadable folders passed over, as `Path.rglob` does), by path relative to it."""
-    found: dict[str, os.stat_result] = {}
-
-    def visit(folder: str, prefix: str) -> None:
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            return
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                visit(entry.path, f"{prefix}{entry.name}/")
-                continue
-            try:
-                status = entry.stat()
-            except OSError:  # removed meanwhile, or a dangling link: not a file of the corpus
-                continue
-            if stat.S_ISREG(status.st_mode):
-                found[prefix + entry.name] = status
-
-    visit(str(corpus_dir), "")
-    return dict(sorted(found.items()))
 
 
 def _signature(status: os.stat_result) -> _Signature:
@@ -104,7 +77,7 @@ def corpus_files(corpus_dir: Path, memo: Path | None = None) -> dict[str, str]:
     known = _read_memo(memo, corpus_dir) if memo is not None else {}
     files: dict[str, str] = {}
     entries: dict[str, list[int | str]] = {}
-    for relative, status in _listing(corpus_dir).items():
+    for relative, status in corpus_listing(corpus_dir).items():
         entry = known.get(relative)
         if entry is not None and _still_holds(entry, status):
             files[relative] = str(entry[4])
