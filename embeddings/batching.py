@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,10 +31,16 @@ class _Request:
     vectors: Vectors | None = None
     error: BaseException | None = None
     done: bool = False
+    lead: bool = False  # its caller is to encode the next batch
+    woken: threading.Event = field(default_factory=threading.Event)  # done, or made to lead
 
 
 class QueryBatcher:
     """Wraps an encode function so concurrent callers share model calls.
+
+    One caller at a time leads: it encodes the queue's oldest requests, its own first, in one
+    call. When the call ends, it wakes the callers whose texts it encoded and hands the lead to
+    the oldest caller still queued, so the model is never idle while questions wait.
 
     `max_wait` (seconds) bounds how long a call waits for the model before it gives up with
     `QueueTimeoutError`; None waits as long as it takes. Once a call's texts are being encoded,
@@ -55,44 +61,41 @@ class QueryBatcher:
         self._max_batch = max_batch
         self._max_wait = max_wait
         self._queue: list[_Request] = []
-        self._queue_lock = threading.Lock()
-        self._model_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the queue, `_leading` and each request's `lead`
+        self._leading = False  # a caller leads: holds, or is about to take, the model
         self.calls = 0  # model calls made, for tests and metrics
 
     def encode(self, texts: Sequence[str]) -> Vectors:
         request = _Request(list(texts))
         deadline = None if self._max_wait is None else time.monotonic() + self._max_wait
-        with self._queue_lock:
+        with self._lock:
             self._queue.append(request)
-        while True:
-            self._acquire_model(request, deadline)
-            try:
-                # Not done means still queued: a batch finishes before the lock is let go.
-                if not request.done:
-                    self._run(self._take())
-                if request.done:
-                    break
-            finally:
-                self._model_lock.release()
+            if not self._leading:  # then the queue was empty: this request is its oldest
+                self._leading = request.lead = True
+        if not request.lead:
+            self._wait(request, deadline)
+        if request.lead:
+            self._run(self._take())
         if request.error is not None:
             raise request.error
         assert request.vectors is not None
         return request.vectors
 
-    def _acquire_model(self, request: _Request, deadline: float | None) -> None:
-        timeout = -1 if deadline is None else max(deadline - time.monotonic(), 0.0)
-        if self._model_lock.acquire(timeout=timeout):
+    def _wait(self, request: _Request, deadline: float | None) -> None:
+        """Until the request is done or its caller is to lead; withdrawn past the deadline."""
+        timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if request.woken.wait(timeout):
             return
-        with self._queue_lock:
-            if request in self._queue:
+        with self._lock:
+            if not request.lead and request in self._queue:
                 self._queue.remove(request)
                 raise QueueTimeoutError(f"waited over {self._max_wait} s for the model")
-        # A running call has taken it: the result is there when that call lets the model go.
-        self._model_lock.acquire()
+        # Being encoded, or just made to lead: the wake-up is on its way.
+        request.woken.wait()
 
     def _take(self) -> list[_Request]:
         """The oldest queued requests, up to `max_batch` texts (always at least one request)."""
-        with self._queue_lock:
+        with self._lock:
             batch: list[_Request] = []
             size = 0
             while self._queue and (
@@ -104,14 +107,28 @@ class QueryBatcher:
             return batch
 
     def _run(self, batch: list[_Request]) -> None:
+        """Encode `batch` (the leader's request first), then wake its callers and pass the lead
+        to the oldest queued request."""
         texts = [text for request in batch for text in request.texts]
         try:
             self.calls += 1
             vectors = self._encode(texts)
         except BaseException as exc:  # every waiting caller gets the error, not a hang
             for request in batch:
-                request.error, request.done = exc, True
-            return
-        offsets = np.cumsum([0] + [len(r.texts) for r in batch])
-        for request, start, end in zip(batch, offsets[:-1], offsets[1:], strict=True):
-            request.vectors, request.done = vectors[start:end], True
+                request.error = exc
+        else:
+            offsets = np.cumsum([0] + [len(r.texts) for r in batch])
+            for request, start, end in zip(batch, offsets[:-1], offsets[1:], strict=True):
+                request.vectors = vectors[start:end]
+        with self._lock:
+            for request in batch:
+                request.done = True
+            successor = self._queue[0] if self._queue else None
+            if successor is not None:
+                successor.lead = True
+            else:
+                self._leading = False
+        if successor is not None:  # first: the model is idle until it runs
+            successor.woken.set()
+        for request in batch[1:]:  # the first is the leader's own, and this is its thread
+            request.woken.set()

@@ -96,3 +96,35 @@ def test_a_caller_that_waits_past_its_budget_is_withdrawn(encoder: Encoder) -> N
         assert holder.result().shape == (1, encoder.dimension)
     assert batcher.calls == 1
     assert batcher.encode(["What is GRETA?"]).shape == (1, encoder.dimension)
+
+
+def test_callers_of_a_finished_batch_return_while_the_next_one_runs(encoder: Encoder) -> None:
+    """They do not wait for the model again: the lead passes to the oldest queued caller."""
+    holds = {"first": threading.Event(), "third": threading.Event()}
+    running: dict[str, threading.Event] = {"first": threading.Event(), "third": threading.Event()}
+
+    def encode(texts: Sequence[str]) -> Vectors:
+        for name in holds:
+            if name in texts:
+                running[name].set()
+                holds[name].wait(timeout=30)
+        return encoder.encode_queries(texts)
+
+    batcher = QueryBatcher(encode, max_batch=2)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher.encode, ["first"])
+        assert running["first"].wait(timeout=30)
+        second = [pool.submit(batcher.encode, [q]) for q in ("second a", "second b")]
+        while len(batcher._queue) < 2:
+            time.sleep(0.001)
+        third = pool.submit(batcher.encode, ["third"])
+        while len(batcher._queue) < 3:
+            time.sleep(0.001)
+        holds["first"].set()
+        assert running["third"].wait(timeout=30)  # the third batch holds the model
+        for future in [first, *second]:
+            assert future.result(timeout=5).shape == (1, encoder.dimension)
+        assert not third.done()
+        holds["third"].set()
+        assert third.result(timeout=30).shape == (1, encoder.dimension)
+    assert batcher.calls == 3
