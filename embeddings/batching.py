@@ -2,8 +2,9 @@
 
 On a CPU one model call for sixteen short questions costs far less than sixteen calls, and a
 model runs one call at a time anyway. So while a call runs, the questions of other threads
-queue; the next thread to get the model takes the whole queue in one call. A lone question
-never waits for company: there is no timer, only the queue that forms behind a running call.
+queue, and when it ends the oldest of them takes the whole queue into the next call. A lone
+question never waits for company: there is no timer, only the queue that forms behind a running
+call.
 """
 
 from __future__ import annotations

@@ -122,8 +122,12 @@ def test_a_question_that_cannot_get_the_model_in_time_gets_503(
 ) -> None:
     impatient = QAService(service.encoder, service.index, None, 5, max_wait=0.05)
     with TestClient(create_app(settings, impatient)) as test_client:
-        with impatient._queries._model_lock:  # another batch is being encoded, for too long
+        batcher = impatient._queries
+        batcher._leading = True  # another caller is encoding a batch, for too long
+        try:
             response = test_client.post("/v1/ask", json={"question": "What is GRETA?"})
+        finally:
+            batcher._leading = False
         assert response.status_code == 503
         assert response.headers["retry-after"]
         assert "the model is busy" in response.json()["detail"]
