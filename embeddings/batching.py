@@ -64,7 +64,10 @@ class QueryBatcher:
         self._queue: list[_Request] = []
         self._lock = threading.Lock()  # guards the queue, `_leading` and each request's `lead`
         self._leading = False  # a caller leads: holds, or is about to take, the model
-        self.calls = 0  # model calls made, for tests and metrics
+        # For metrics (texts / calls is the mean batch): written by the leader only.
+        self.calls = 0  # model calls made
+        self.texts = 0  # texts they encoded
+        self.busy_seconds = 0.0  # time spent in them
 
     def encode(self, texts: Sequence[str]) -> Vectors:
         request = _Request(list(texts))
@@ -111,8 +114,8 @@ class QueryBatcher:
         """Encode `batch` (the leader's request first), then wake its callers and pass the lead
         to the oldest queued request."""
         texts = [text for request in batch for text in request.texts]
+        started = time.perf_counter()
         try:
-            self.calls += 1
             vectors = self._encode(texts)
         except BaseException as exc:  # every waiting caller gets the error, not a hang
             for request in batch:
@@ -121,6 +124,9 @@ class QueryBatcher:
             offsets = np.cumsum([0] + [len(r.texts) for r in batch])
             for request, start, end in zip(batch, offsets[:-1], offsets[1:], strict=True):
                 request.vectors = vectors[start:end]
+        self.calls += 1
+        self.texts += len(texts)
+        self.busy_seconds += time.perf_counter() - started
         with self._lock:
             for request in batch:
                 request.done = True

@@ -143,7 +143,7 @@ class QAService:
         self.mode: Mode = mode
         self._min_score = min_score
         # Concurrent requests share model calls (embeddings/batching.py).
-        self._queries = QueryBatcher(encoder.encode_queries, max_wait=max_wait)
+        self.queries = QueryBatcher(encoder.encode_queries, max_wait=max_wait)
         self._updater = updater
         self._write_lock = threading.Lock()  # in-process writers; `index_lock` across processes
 
@@ -259,7 +259,7 @@ class QAService:
 
     def _encode(self, texts: Sequence[str]) -> Vectors:
         try:
-            return self._queries.encode(texts)
+            return self.queries.encode(texts)
         except QueueTimeoutError as exc:
             raise ServiceBusyError(f"the model is busy: {exc}; try again shortly") from exc
 

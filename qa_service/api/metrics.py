@@ -1,8 +1,8 @@
 """Prometheus metrics, one registry per app, served at `GET /metrics`.
 
 Request counts and latencies are labelled by route template, never by raw path, so that document
-ids cannot multiply the series. The index size and load times are read from the service when
-scraped, so they are absent until it is loaded and follow it if it is replaced.
+ids cannot multiply the series. The index size, load times and model calls are read from the
+service when scraped, so they are absent until it is loaded and follow it if it is replaced.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from qa_service.service import QAService
@@ -23,7 +23,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class _ServiceCollector:
-    """Index size and load times of the service the app holds, read at scrape time."""
+    """Index size, load times and question-encoding calls of the service the app holds, read at
+    scrape time. The calls show how well questions are batched (texts per call) and how busy the
+    model is (the rate of its seconds)."""
 
     def __init__(self, service: Callable[[], QAService | None]) -> None:
         self.service = service
@@ -35,17 +37,20 @@ class _ServiceCollector:
         service = self.service()
         families = self._families()
         if service is not None:
-            documents, passages, model_seconds, index_seconds = families
+            documents, passages, model_seconds, index_seconds, calls, texts, busy = families
             documents.add_metric([], len(service.index.documents))
             passages.add_metric([], len(service.index.passages))
             if "model" in service.load_seconds:
                 model_seconds.add_metric([], service.load_seconds["model"])
             if "index" in service.load_seconds:
                 index_seconds.add_metric([], service.load_seconds["index"])
+            calls.add_metric([], service.queries.calls)
+            texts.add_metric([], service.queries.texts)
+            busy.add_metric([], service.queries.busy_seconds)
         yield from (family for family in families if family.samples)
 
     @staticmethod
-    def _families() -> list[GaugeMetricFamily]:
+    def _families() -> list[GaugeMetricFamily | CounterMetricFamily]:
         return [
             GaugeMetricFamily("qa_index_documents", "Documents in the loaded index."),
             GaugeMetricFamily("qa_index_passages", "Passages in the loaded index."),
@@ -53,6 +58,11 @@ class _ServiceCollector:
             GaugeMetricFamily(
                 "qa_index_load_seconds", "Time it took to load the index (or build it, if stale)."
             ),
+            CounterMetricFamily(
+                "qa_model_query_calls", "Model calls that encoded questions (several per call)."
+            ),
+            CounterMetricFamily("qa_model_query_texts", "Question texts those calls encoded."),
+            CounterMetricFamily("qa_model_query_seconds", "Time spent in those calls."),
         ]
 
 

@@ -122,7 +122,7 @@ def test_a_question_that_cannot_get_the_model_in_time_gets_503(
 ) -> None:
     impatient = QAService(service.encoder, service.index, None, 5, max_wait=0.05)
     with TestClient(create_app(settings, impatient)) as test_client:
-        batcher = impatient._queries
+        batcher = impatient.queries
         batcher._leading = True  # another caller is encoding a batch, for too long
         try:
             response = test_client.post("/v1/ask", json={"question": "What is GRETA?"})

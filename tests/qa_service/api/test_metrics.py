@@ -99,6 +99,19 @@ def test_index_size_load_times_and_in_flight(
     assert _value(samples, "qa_question_requests_in_flight") == 0
 
 
+def test_question_encoding_calls_texts_and_seconds(settings: Settings, service: QAService) -> None:
+    own = QAService(service.encoder, service.index, None, 5)  # its calls start at zero
+    with TestClient(create_app(settings, own)) as client:
+        client.post("/v1/ask", json={"question": ANSWERABLE})
+        # One call; a question asked twice in a batch is encoded once.
+        client.post("/v1/ask/batch", json={"questions": [ANSWERABLE, OFF_TOPIC, ANSWERABLE]})
+        samples = _samples(client)
+    assert _value(samples, "qa_model_query_calls_total") == own.queries.calls == 2
+    assert _value(samples, "qa_model_query_texts_total") == own.queries.texts == 3
+    seconds = _value(samples, "qa_model_query_seconds_total")
+    assert seconds == own.queries.busy_seconds and 0 < seconds < 60
+
+
 def test_load_times_of_a_service_loaded_from_settings(settings: Settings) -> None:
     """The model and the index are timed separately where the service is loaded."""
     service = QAService.from_settings(settings)
