@@ -12,6 +12,13 @@ from embeddings import Encoder, Vectors
 from embeddings.batching import QueryBatcher, QueueTimeoutError, _Request
 
 
+def _wait_for_queue(batcher: QueryBatcher, length: int) -> None:
+    deadline = time.monotonic() + 30
+    while len(batcher._queue) < length:
+        assert time.monotonic() < deadline, f"fewer than {length} callers queued"
+        time.sleep(0.001)
+
+
 def test_a_lone_call_is_encoded_at_once(encoder: Encoder) -> None:
     batcher = QueryBatcher(encoder.encode_queries)
     vectors = batcher.encode(["What is GRETA?", "Who won?"])
@@ -38,9 +45,7 @@ def test_callers_that_queue_behind_a_running_call_share_the_next(encoder: Encode
         first = pool.submit(batcher.encode, questions[:1])
         assert started.wait(timeout=30)
         rest = [pool.submit(batcher.encode, [q]) for q in questions[1:]]
-        deadline = time.monotonic() + 30
-        while len(batcher._queue) < len(questions) - 1 and time.monotonic() < deadline:
-            time.sleep(0.001)
+        _wait_for_queue(batcher, len(questions) - 1)
         release.set()
         results = [first.result(), *(f.result() for f in rest)]
     for vectors, want in zip(results, expected, strict=True):
@@ -115,11 +120,9 @@ def test_callers_of_a_finished_batch_return_while_the_next_one_runs(encoder: Enc
         first = pool.submit(batcher.encode, ["first"])
         assert running["first"].wait(timeout=30)
         second = [pool.submit(batcher.encode, [q]) for q in ("second a", "second b")]
-        while len(batcher._queue) < 2:
-            time.sleep(0.001)
+        _wait_for_queue(batcher, 2)
         third = pool.submit(batcher.encode, ["third"])
-        while len(batcher._queue) < 3:
-            time.sleep(0.001)
+        _wait_for_queue(batcher, 3)
         holds["first"].set()
         assert running["third"].wait(timeout=30)  # the third batch holds the model
         for future in [first, *second]:
