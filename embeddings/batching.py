@@ -31,9 +31,8 @@ class _Request:
     texts: list[str]
     vectors: Vectors | None = None
     error: BaseException | None = None
-    done: bool = False
     lead: bool = False  # its caller is to encode the next batch
-    woken: threading.Event = field(default_factory=threading.Event)  # done, or made to lead
+    woken: threading.Event = field(default_factory=threading.Event)  # encoded, or made to lead
 
 
 class QueryBatcher:
@@ -128,8 +127,6 @@ class QueryBatcher:
         self.texts += len(texts)
         self.busy_seconds += time.perf_counter() - started
         with self._lock:
-            for request in batch:
-                request.done = True
             successor = self._queue[0] if self._queue else None
             if successor is not None:
                 successor.lead = True
