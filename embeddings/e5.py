@@ -238,6 +238,26 @@ class E5Encoder:
         # The engine packs a batch's tokens without padding, so order does not matter.
         return self._encode(texts, batch_size, self._model.passage, on_batch)
 
+    def encode_in_context(
+        self,
+        texts: Sequence[str],
+        spans: Sequence[Sequence[Span]],
+        batch_size: int = 32,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> tuple[Vectors, list[Vectors]]:
+        """The engine returns pooled vectors only, so each span is encoded on its own, out of
+        its text's context (once, though overlapping passages share sentences)."""
+        vectors = self.encode_passages(texts, batch_size, on_batch)
+        if not texts:
+            return vectors, []
+        pieces = [text[a:b] for text, text_spans in zip(texts, spans, strict=True)
+                  for a, b in text_spans]  # fmt: skip
+        unique = list(dict.fromkeys(pieces))
+        encoded = dict(zip(unique, self.encode_passages(unique, batch_size), strict=True))
+        flat = np.stack([encoded[p] for p in pieces]) if pieces else vectors[:0]
+        bounds = np.cumsum([len(s) for s in spans])[:-1]
+        return vectors, list(np.split(flat, bounds))
+
     def _encode(
         self,
         texts: Sequence[str],

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +60,34 @@ class Encoder(Protocol):
         batch_size: int = 32,
         on_batch: Callable[[int], None] | None = None,
     ) -> Vectors: ...
+
+    def encode_in_context(
+        self,
+        texts: Sequence[str],
+        spans: Sequence[Sequence[Span]],
+        batch_size: int = 32,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> tuple[Vectors, list[Vectors]]:
+        """`encode_passages(texts)`, and for each text the vectors of its character `spans`
+        (sentences) as the model read them in that text, from the same forward pass."""
+        ...
+
+
+def span_means(
+    tokens: npt.NDArray[np.float32], offsets: npt.NDArray[np.int32], spans: Sequence[Span]
+) -> Vectors:
+    """Per character span of a text, the normalised mean of the output embeddings of the word
+    pieces inside it: the span's vector in its text's context (late chunking). A zero row for a
+    span with no word piece (cut off by the input limit)."""
+    out = np.zeros((len(spans), tokens.shape[1]), dtype=np.float32)
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    real = ends > starts  # special tokens have empty offsets
+    for j, (a, b) in enumerate(spans):
+        inside = real & (starts >= a) & (ends <= b)
+        if inside.any():
+            mean = tokens[: len(offsets)][inside].mean(axis=0)
+            out[j] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+    return out
 
 
 class SentenceTransformerEncoder:
@@ -140,6 +168,43 @@ class SentenceTransformerEncoder:
             out[rows] = self._encode([texts[i] for i in rows], batch_size)
             on_batch(len(rows))
         return out
+
+    def encode_in_context(
+        self,
+        texts: Sequence[str],
+        spans: Sequence[Sequence[Span]],
+        batch_size: int = 32,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> tuple[Vectors, list[Vectors]]:
+        out = np.empty((len(texts), self._dimension), dtype=np.float32)
+        in_context: list[Vectors] = [np.empty(0, np.float32)] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = [texts[i] for i in rows]
+            with self._lock:
+                outputs = self._model.encode(
+                    batch, batch_size=batch_size, output_value=None, show_progress_bar=False
+                )
+                offsets = self._model.tokenizer(
+                    batch,
+                    truncation=True,
+                    max_length=self._max_tokens + 2,
+                    return_offsets_mapping=True,
+                    return_attention_mask=False,
+                    return_token_type_ids=False,
+                    verbose=False,
+                )["offset_mapping"]
+            # With no output_value, one dict of tensors per text.
+            per_text = cast(list[dict[str, Any]], outputs)
+            for i, output, text_offsets in zip(rows, per_text, offsets, strict=True):
+                pooled = output["sentence_embedding"].float().numpy()
+                out[i] = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
+                tokens = output["token_embeddings"].float().numpy()
+                in_context[i] = span_means(tokens, np.asarray(text_offsets, np.int32), spans[i])
+            if on_batch is not None:
+                on_batch(len(rows))
+        return out, in_context
 
     def _encode(self, texts: Sequence[str], batch_size: int) -> Vectors:
         if not texts:

@@ -36,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embeddings.durable import replace_file
-from embeddings.encoder import ModelNotAvailableError, Span, Vectors
+from embeddings.encoder import ModelNotAvailableError, Span, Vectors, span_means
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +44,12 @@ Precision = Literal["fp32", "int8"]
 
 # Bump when the exported graph changes (export code, fusion, quantisation): old files then no
 # longer match and are exported again.
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: the token embeddings are an output too (late chunking)
 OPSET = 17
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _OUTPUT = "sentence_embedding"
+# Each word piece's output embedding, before pooling: a span's vector in its context.
+_TOKENS = "token_embeddings"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _TRANSFORMER = "sentence_transformers.models.Transformer"
 _POOLING = "sentence_transformers.models.Pooling"
@@ -317,7 +319,7 @@ def _torch_export(
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             summed = (hidden * mask).sum(1)
             pooled = summed / torch.clamp(mask.sum(1), min=1e-9)
-            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+            return torch.nn.functional.normalize(pooled, p=2.0, dim=1), hidden
 
     try:
         transformer = AutoModel.from_pretrained(
@@ -332,15 +334,15 @@ def _torch_export(
     types = torch.zeros_like(ids)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's tracer warnings are expected
-        expected = model(ids, mask, types).numpy()
+        expected = model(ids, mask, types)[0].numpy()
         axes = {name: {0: "batch", 1: "sequence"} for name in _INPUTS}
         torch.onnx.export(
             model,
             (ids, mask, types),
             str(target),
             input_names=list(_INPUTS),
-            output_names=[_OUTPUT],
-            dynamic_axes={**axes, _OUTPUT: {0: "batch"}},
+            output_names=[_OUTPUT, _TOKENS],
+            dynamic_axes={**axes, _OUTPUT: {0: "batch"}, _TOKENS: {0: "batch", 1: "sequence"}},
             opset_version=OPSET,
             do_constant_folding=True,
             # The TorchScript exporter: the dynamo one needs onnxscript, one more dependency.
@@ -479,7 +481,7 @@ class OnnxEncoder:
         return [[(int(a), int(b)) for a, b in e.offsets] for e in encoded]
 
     def encode_queries(self, texts: Sequence[str], batch_size: int = 32) -> Vectors:
-        return self._encode(texts, batch_size)
+        return self._encode(texts, batch_size)[0]
 
     def encode_passages(
         self,
@@ -487,26 +489,45 @@ class OnnxEncoder:
         batch_size: int = 32,
         on_batch: Callable[[int], None] | None = None,
     ) -> Vectors:
-        return self._encode(texts, batch_size, on_batch)
+        return self._encode(texts, batch_size, on_batch)[0]
+
+    def encode_in_context(
+        self,
+        texts: Sequence[str],
+        spans: Sequence[Sequence[Span]],
+        batch_size: int = 32,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> tuple[Vectors, list[Vectors]]:
+        if self._folder.lower_case:  # the word pieces' offsets index the lower-cased text
+            spans = [_lowered_spans(t, s) for t, s in zip(texts, spans, strict=True)]
+        return self._encode(texts, batch_size, on_batch, spans)
 
     def _encode(
         self,
         texts: Sequence[str],
         batch_size: int,
         on_batch: Callable[[int], None] | None = None,
-    ) -> Vectors:
+        spans: Sequence[Sequence[Span]] | None = None,
+    ) -> tuple[Vectors, list[Vectors]]:
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        in_context: list[Vectors] = []
         if not texts:
-            return out
+            return out, in_context
         inputs = [t.lower() for t in texts] if self._folder.lower_case else list(texts)
         # Word pieces kept as compact arrays, tokenised a slice at a time: the tokenizer's own
         # encodings take about 170 bytes per word piece (814 MiB for 50,000 passages at once,
-        # benchmarks/tokenising.py).
+        # benchmarks/tokenising.py). Their character offsets only when spans are asked for.
         pieces: list[npt.NDArray[np.int32]] = []
+        offsets: list[npt.NDArray[np.int32]] = []
         for first in range(0, len(inputs), _TOKENIZE_SLICE):
             with self._lock:
                 encoded = self._inputs.encode_batch(inputs[first : first + _TOKENIZE_SLICE])
             pieces.extend(np.asarray(e.ids, dtype=np.int32) for e in encoded)
+            if spans is not None:
+                offsets.extend(np.asarray(e.offsets, np.int32).reshape(-1, 2) for e in encoded)
+        if spans is not None:
+            in_context = [np.zeros((len(s), self.dimension), np.float32) for s in spans]
+        outputs = [_OUTPUT] if spans is None else [_OUTPUT, _TOKENS]
         # Batches of similar lengths: padding is work the model does for nothing.
         order = sorted(range(len(texts)), key=lambda i: len(pieces[i]))
         for start in range(0, len(order), batch_size):
@@ -521,11 +542,23 @@ class OnnxEncoder:
             types = np.zeros_like(ids)
             feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             with self._lock:
-                vectors = self._session.run([_OUTPUT], feed)[0]
-            out[rows] = vectors
+                result = self._session.run(outputs, feed)
+            out[rows] = result[0]
+            if spans is not None:
+                for row, i in enumerate(rows):
+                    in_context[i] = span_means(result[1][row], offsets[i], spans[i])
             if on_batch is not None:
                 on_batch(len(rows))
-        return out
+        return out, in_context
+
+
+def _lowered_spans(text: str, spans: Sequence[Span]) -> Sequence[Span]:
+    """`spans` of `text` in `text.lower()`, which a few letters lengthen (`İ` lower-cases to two
+    code points)."""
+    if len(text.lower()) == len(text):
+        return spans
+    starts = np.concatenate([[0], np.cumsum([len(c.lower()) for c in text])])
+    return [(int(starts[a]), int(starts[b])) for a, b in spans]
 
 
 def _main(argv: list[str]) -> int:

@@ -173,3 +173,13 @@ def test_a_question_in_a_local_language_finds_the_english_answer(
     (query,) = e5.encode_queries([question])
     related, unrelated = e5.encode_passages([ANSWER, UNRELATED]) @ query
     assert related > unrelated + 0.05
+
+
+def test_sentences_in_context_are_the_sentences_encoded_alone(e5: Encoder) -> None:
+    # The engine gives pooled vectors only: spans are read out of their text's context.
+    texts = TEXTS[:3] + TEXTS[:1]  # one text twice
+    spans = [[(0, 10), (11, len(t))] for t in texts]
+    vectors, in_context = e5.encode_in_context(texts, spans)
+    np.testing.assert_array_equal(vectors, e5.encode_passages(texts))
+    for text, text_spans, got in zip(texts, spans, in_context, strict=True):
+        np.testing.assert_allclose(got, e5.encode_passages([text[a:b] for a, b in text_spans]))

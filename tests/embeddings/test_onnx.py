@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -302,3 +303,58 @@ def test_an_index_built_with_torch_serves_onnx_fp32_but_not_int8(
     assert onnx_ranks == torch_ranks
     with pytest.raises(IndexStaleError, match="onnx-int8"):
         QAService(onnx_int8, service.index, None, 5)
+
+
+def test_sentences_in_context_match_torch_and_differ_from_sentences_alone(
+    onnx_fp32: OnnxEncoder, encoder: Encoder, service: QAService
+) -> None:
+    index = service.index
+    passages = index.passages[:24]
+    texts = [p.text for p in passages]
+    # Each passage's sentences, as character spans of the passage's own text.
+    spans = [
+        [
+            (a - p.start, b - p.start)
+            for a, b in index.units[p.document_id][p.first_unit : p.last_unit]
+        ]
+        for p in passages
+    ]
+    vectors, in_context = onnx_fp32.encode_in_context(texts, spans)
+    np.testing.assert_array_equal(vectors, onnx_fp32.encode_passages(texts))
+    torch_vectors, torch_in_context = encoder.encode_in_context(texts, spans)
+    assert _cosines(vectors, torch_vectors).min() >= 0.9999
+    got, expected = np.concatenate(in_context), np.concatenate(torch_in_context)
+    assert got.shape == (sum(map(len, spans)), onnx_fp32.dimension)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+    assert _cosines(got, expected).min() >= 0.9999
+    # Read in their passage, sentences of several differ from the same sentences read alone.
+    alone = onnx_fp32.encode_passages(
+        [t[a:b] for t, s in zip(texts, spans, strict=True) for a, b in s]
+    )
+    several = np.array([len(s) > 1 for s in spans for _ in s])
+    assert _cosines(got, alone)[several].max() < 0.999
+    single = ~several
+    if single.any():  # a passage of one sentence: the same word pieces but [CLS] and [SEP]
+        assert _cosines(got, alone)[single].min() >= 0.99
+
+
+def test_a_span_beyond_the_input_limit_gets_a_zero_vector(onnx_fp32: OnnxEncoder) -> None:
+    text = "word " * (onnx_fp32.max_tokens + 50) + "tail sentence."
+    _, (in_context,) = onnx_fp32.encode_in_context([text], [[(0, 4), (len(text) - 14, len(text))]])
+    assert np.linalg.norm(in_context[0]) == pytest.approx(1.0, rel=1e-5)
+    assert not in_context[1].any()
+
+
+def test_spans_after_a_letter_that_lower_cases_longer_still_match(
+    onnx_fp32: OnnxEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A folder whose settings lower-case the text before tokenising (this model's tokenizer
+    # lower-cases by itself, so the result is the same text). "İ" lower-cases to two code
+    # points, which would shift the spans after it by one: a span of one word piece, "in",
+    # would then hold no word piece at all.
+    monkeypatch.setattr(onnx_fp32, "_folder", replace(onnx_fp32._folder, lower_case=True))
+    text = "İstanbul hosted the meeting. Victims were identified in Skopje."
+    word = (text.index(" in ") + 1, text.index(" in ") + 3)
+    _, (shifted,) = onnx_fp32.encode_in_context([text], [[word]])
+    _, (expected,) = onnx_fp32.encode_in_context([text.replace("İ", "I")], [[word]])
+    assert _cosines(shifted, expected).min() >= 0.99
