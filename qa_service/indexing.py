@@ -1,9 +1,11 @@
 """Corpus folder to saved index: load, split, encode, save; whether a saved index is stale; and
 the incremental update that adds, replaces or removes documents in an index.
 
-Vectors are looked up by text before anything is encoded (`EmbeddingCache`): a rebuild takes them
-from the index it replaces, so that `qa index` after a few files changed, or the rebuild at
-start-up after a crash, re-encodes only the passages and sentences whose text is new.
+Each passage is encoded once, and its sentences' vectors are read off that same forward pass
+(late chunking), so a sentence carries its passage's context. Vectors are looked up before
+anything is encoded (`EmbeddingCache`): a rebuild takes them from the index it replaces, so that
+`qa index` after a few files changed, or the rebuild at start-up after a crash, re-encodes only
+the passages whose text is new or that hold a sentence read in a changed passage.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 from embeddings import Encoder, VectorIndex
 from embeddings.index import IndexConfig
 from qa_service.acronyms import definitions
-from qa_service.chunking import ChunkedDocument, Passage, PassageSplitter, Splitter
+from qa_service.chunking import ChunkedDocument, Passage, PassageSplitter, Span, Splitter
 from qa_service.documents import Document, SkippedFile, load_corpus
 from qa_service.errors import IndexCorruptError, IndexNotFoundError
 from qa_service.fingerprint import MEMO_FILE, corpus_files, corpus_fingerprint, fingerprint_of
@@ -50,12 +52,18 @@ class BuildReport:
     seconds: float
 
 
+# How sentence vectors are made: recorded with the passage settings, so that an index whose
+# sentences were encoded another way (before: each on its own) is rebuilt rather than mixed.
+SENTENCE_VECTORS = "in passage context"
+
+
 def passage_settings(splitter: Splitter) -> dict[str, Any]:
     return {
         "splitter": type(splitter).__name__,
         "target_tokens": splitter.target_tokens,
         "overlap": splitter.overlap,
         "title_context": splitter.title_context,
+        "sentence_vectors": SENTENCE_VECTORS,
     }
 
 
@@ -63,9 +71,57 @@ def _text_key(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:16]
 
 
+@dataclass(frozen=True)
+class Window:
+    """A passage as the model reads it: the text encoded for it, and the sentences (units,
+    numbered across the documents being encoded) it holds, as spans of that text."""
+
+    text: str
+    units: range
+    spans: list[Span]
+
+
+def document_windows(
+    chunked: ChunkedDocument, texts: Sequence[str], first_unit: int = 0
+) -> list[Window]:
+    """The windows of a document's passages, `texts` being what is encoded for each."""
+    result = []
+    for passage, text in zip(chunked.passages, texts, strict=True):
+        shift = len(text) - len(passage.text) - passage.start  # after the title, if any
+        units = chunked.units[passage.first_unit : passage.last_unit]
+        numbers = range(first_unit + passage.first_unit, first_unit + passage.last_unit)
+        result.append(Window(text, numbers, [(a + shift, b + shift) for a, b in units]))
+    return result
+
+
+def all_windows(chunked: Sequence[ChunkedDocument], splitter: Splitter) -> list[Window]:
+    """The windows of several documents, their units numbered in document order."""
+    result: list[Window] = []
+    first = 0
+    for c in chunked:
+        result.extend(document_windows(c, splitter.indexed_texts(c), first))
+        first += len(c.units)
+    return result
+
+
+def _unit_keys(windows: Sequence[Window], unit_texts: Sequence[str]) -> list[bytes]:
+    """Cache keys of the units' vectors: one names every window a unit is read in (and where),
+    so that it changes with any of them; a unit no window holds is keyed by its text."""
+    parts: list[list[bytes]] = [[] for _ in unit_texts]
+    for window in windows:
+        key = _text_key(window.text)
+        for unit, (a, b) in zip(window.units, window.spans, strict=True):
+            parts[unit].append(key + a.to_bytes(4, "little") + b.to_bytes(4, "little"))
+    return [
+        hashlib.sha256(b"".join(p)).digest()[:16] if p else _text_key(text)
+        for p, text in zip(parts, unit_texts, strict=True)
+    ]
+
+
 @dataclass
 class EmbeddingCache:
-    """Vectors of texts already encoded by one model, by a hash of the text."""
+    """Vectors already encoded by one model: a passage's by a hash of its text, a sentence's by
+    a hash of the windows it was read in."""
 
     model: str
     vectors: dict[bytes, np.ndarray] = field(default_factory=dict)
@@ -80,8 +136,7 @@ class EmbeddingCache:
         on_batch: Progress | None = None,
     ) -> np.ndarray:
         """Vectors of `texts`, encoding only the ones not cached yet."""
-        if encoder.name != self.model:
-            raise ValueError(f"cache of {self.model} used with {encoder.name}")
+        self._check(encoder)
         keys = [_text_key(t) for t in texts]
         missing = list(dict.fromkeys(k for k in keys if k not in self.vectors))
         if missing:
@@ -93,7 +148,64 @@ class EmbeddingCache:
             self.vectors.update(zip(missing, encoded, strict=True))
         self.misses += len(missing)
         self.hits += len(texts) - len(missing)
-        if not texts:
+        return self._stack(keys, encoder)
+
+    def encode_windows(
+        self,
+        windows: Sequence[Window],
+        unit_texts: Sequence[str],
+        encoder: Encoder,
+        batch_size: int = 32,
+        progress: Callable[[int], Progress] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The passage vector of each window, and each unit's vector as read in its windows
+        (late chunking: the mean over the windows holding it, normalised), from one forward
+        pass per window. Only windows whose text, or one of whose units, is new are encoded;
+        `progress` is told how many before they are."""
+        self._check(encoder)
+        passage_keys = [_text_key(w.text) for w in windows]
+        unit_keys = _unit_keys(windows, unit_texts)
+        missing = {k for k in unit_keys if k not in self.vectors}
+        needed = [
+            i for i, w in enumerate(windows)
+            if passage_keys[i] not in self.vectors or any(unit_keys[u] in missing for u in w.units)
+        ]  # fmt: skip
+        reads: dict[tuple[bytes, tuple[Span, ...]], int] = {}  # identical windows read once
+        for i in needed:
+            reads.setdefault((passage_keys[i], tuple(windows[i].spans)), i)
+        rows = {read: row for row, read in enumerate(reads)}
+        encoded, in_context = encoder.encode_in_context(
+            [windows[i].text for i in reads.values()],
+            [windows[i].spans for i in reads.values()],
+            batch_size=batch_size,
+            on_batch=progress(len(reads)) if progress else None,
+        )
+        sums: dict[bytes, np.ndarray] = {}
+        for i in needed:
+            row = rows[passage_keys[i], tuple(windows[i].spans)]
+            self.vectors[passage_keys[i]] = encoded[row]
+            for unit, vector in zip(windows[i].units, in_context[row], strict=True):
+                key = unit_keys[unit]
+                if key in missing and vector.any():  # zero: cut off by the input limit
+                    sums[key] = sums[key] + vector if key in sums else vector.copy()
+        for key, total in sums.items():
+            self.vectors[key] = total / max(float(np.linalg.norm(total)), 1e-12)
+        # A unit read in no window is encoded on its own.
+        alone = {k: t for k, t in zip(unit_keys, unit_texts, strict=True)
+                 if k in missing and k not in sums}  # fmt: skip
+        if alone:
+            vectors = encoder.encode_passages(list(alone.values()), batch_size=batch_size)
+            self.vectors.update(zip(alone, vectors, strict=True))
+        self.misses += len(reads) + len(alone)
+        self.hits += len(windows) - len(needed)
+        return self._stack(passage_keys, encoder), self._stack(unit_keys, encoder)
+
+    def _check(self, encoder: Encoder) -> None:
+        if encoder.name != self.model:
+            raise ValueError(f"cache of {self.model} used with {encoder.name}")
+
+    def _stack(self, keys: Sequence[bytes], encoder: Encoder) -> np.ndarray:
+        if not keys:
             return np.empty((0, encoder.dimension), dtype=np.float32)
         return np.stack([self.vectors[k] for k in keys]).astype(np.float32, copy=False)
 
@@ -107,20 +219,22 @@ class EmbeddingCache:
         spanner = PassageSplitter(encoder, 16, 0, title_context) if title_context else None
         wanted = set(data.documents if only is None else only)
         by_document = _positions_by_document(data.passages, wanted)
+        in_context = data.manifest.passage_settings.get("sentence_vectors") == SENTENCE_VECTORS
         for doc_id in wanted & data.documents.keys():
             document, units = data.documents[doc_id], data.units[doc_id]
-            if data.unit_vectors is not None:
-                offset = data.unit_offsets[doc_id]
-                for j, (a, b) in enumerate(units):
-                    self.vectors[_text_key(document.text[a:b])] = data.unit_vectors[offset + j]
             positions = by_document.get(doc_id, [])
-            if not positions:
-                continue
             passages = [data.passages[i] for i in positions]
             chunked = ChunkedDocument(document, units, passages)
             texts = spanner.indexed_texts(chunked) if spanner else [p.text for p in passages]
-            vectors = data.vectors.vectors(np.asarray(positions, dtype=np.int64))
-            self.vectors.update(zip(map(_text_key, texts), vectors, strict=True))
+            if positions:
+                vectors = data.vectors.vectors(np.asarray(positions, dtype=np.int64))
+                self.vectors.update(zip(map(_text_key, texts), vectors, strict=True))
+            if data.unit_vectors is not None and in_context:
+                unit_texts = [document.text[a:b] for a, b in units]
+                keys = _unit_keys(document_windows(chunked, texts), unit_texts)
+                offset = data.unit_offsets[doc_id]
+                vectors = data.unit_vectors[offset : offset + len(units)]
+                self.vectors.update(zip(keys, vectors, strict=True))
 
 
 def _positions_by_document(
@@ -191,18 +305,20 @@ def index_documents(
     """
     chunked: list[ChunkedDocument] = [splitter.split(d) for d in documents]
     passages = [p for c in chunked for p in c.passages]
-    unit_texts = [c.document.text[a:b] for c in chunked for a, b in c.units]
-
     cache = cache or EmbeddingCache(encoder.name)
-
-    def encode(label: str, texts: list[str]) -> np.ndarray:
-        missing = len({_text_key(t) for t in texts} - cache.vectors.keys())
-        on_batch = progress(label, missing) if progress else None
-        return cache.encode(texts, encoder, batch_size, on_batch)
-
-    indexed_texts = [t for c in chunked for t in splitter.indexed_texts(c)]
-    passage_vectors = encode("passages", indexed_texts)
-    unit_vectors = encode("sentences", unit_texts) if sentence_vectors else None
+    encoded = all_windows(chunked, splitter)
+    indexed_texts = [w.text for w in encoded]
+    unit_vectors = None
+    if sentence_vectors:
+        unit_texts = [c.document.text[a:b] for c in chunked for a, b in c.units]
+        started = (lambda total: progress("passages", total)) if progress else None
+        passage_vectors, unit_vectors = cache.encode_windows(
+            encoded, unit_texts, encoder, batch_size, started
+        )
+    else:
+        missing = len({_text_key(t) for t in indexed_texts} - cache.vectors.keys())
+        on_batch = progress("passages", missing) if progress else None
+        passage_vectors = cache.encode(indexed_texts, encoder, batch_size, on_batch)
     manifest = new_manifest(
         model=encoder.name,
         dimension=encoder.dimension,
@@ -313,9 +429,9 @@ def update_index(
     """A new in-memory index: `data` without the documents `remove`, plus `add` (an added
     document replaces one with its id). `data` itself is not changed.
 
-    Costs the encoding of the added documents' passages and sentences (fewer when a replaced
-    version shares sentences with them); the rest is copying: the kept vectors, and BM25
-    rebuilt over the cached terms of every passage.
+    Costs the encoding of the added documents' passages (fewer when a replaced version shares
+    passages with them); the rest is copying: the kept vectors, and BM25 rebuilt over the
+    cached terms of every passage.
     """
     gone = set(remove) | {d.id for d in add}
     kept_ids = [doc_id for doc_id in data.documents if doc_id not in gone]
@@ -324,15 +440,18 @@ def update_index(
     cache.add_index(data, encoder, only=gone & data.documents.keys())  # a replaced version
     chunked = [splitter.split(d) for d in add]
     new_passages = [p for c in chunked for p in c.passages]
-    new_texts = [t for c in chunked for t in splitter.indexed_texts(c)]
-    new_vectors = cache.encode(new_texts, encoder, batch_size)
+    new_windows = all_windows(chunked, splitter)
+    new_texts = [w.text for w in new_windows]
     unit_parts = []
     if data.unit_vectors is not None:
         for doc_id in kept_ids:
             start = data.unit_offsets[doc_id]
             unit_parts.append(data.unit_vectors[start : start + len(data.units[doc_id])])
         unit_texts = [c.document.text[a:b] for c in chunked for a, b in c.units]
-        unit_parts.append(cache.encode(unit_texts, encoder, batch_size))
+        new_vectors, new_units = cache.encode_windows(new_windows, unit_texts, encoder, batch_size)
+        unit_parts.append(new_units)
+    else:
+        new_vectors = cache.encode(new_texts, encoder, batch_size)
 
     passages = [data.passages[i] for i in kept] + new_passages
     documents = {doc_id: data.documents[doc_id] for doc_id in kept_ids}

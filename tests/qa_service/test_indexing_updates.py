@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from embeddings import Encoder, Vectors
+from embeddings.encoder import Span
 from qa_service.chunking import PassageSplitter
 from qa_service.config import Settings
 from qa_service.documents import Document
@@ -59,6 +60,16 @@ class CountingEncoder:
     ) -> Vectors:
         self.encoded.extend(texts)
         return self._inner.encode_passages(texts, batch_size, on_batch)
+
+    def encode_in_context(
+        self,
+        texts: Sequence[str],
+        spans: Sequence[Sequence[Span]],
+        batch_size: int = 32,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> tuple[Vectors, list[Vectors]]:
+        self.encoded.extend(texts)
+        return self._inner.encode_in_context(texts, spans, batch_size, on_batch)
 
 
 def _splitter(encoder: Encoder) -> PassageSplitter:
@@ -109,6 +120,42 @@ def test_an_update_encodes_only_new_text(encoder: Encoder) -> None:
     assert "Rivers flow to the sea." not in counting.encoded
     assert "The Neretva is a river too." in counting.encoded
     assert not any("Alpha" in t or "Water" in t for t in counting.encoded)
+
+
+def test_a_sentence_vector_is_read_in_the_passages_that_hold_it(encoder: Encoder) -> None:
+    text = ("Alpha is the first letter. It starts the alphabet. Beta comes next. "
+            "Gamma is third. Delta is fourth in the Greek alphabet.")  # fmt: skip
+    document = Document("d", text)
+    counting = CountingEncoder(encoder)
+    splitter = PassageSplitter(encoder, 14, 1)
+    data = index_documents([document], counting, splitter, "f")  # type: ignore[arg-type]
+    assert counting.encoded == [p.text for p in data.passages]  # no sentence encoded alone
+    units, passages = data.units["d"], data.passages
+    assert len(passages) >= 3 and any(p.last_unit - p.first_unit > 1 for p in passages)
+    spans = [[(a - p.start, b - p.start) for a, b in units[p.first_unit : p.last_unit]]
+             for p in passages]  # fmt: skip
+    _, in_context = encoder.encode_in_context([p.text for p in passages], spans)
+    assert data.unit_vectors is not None
+    shared = 0  # sentences in two overlapping passages
+    for unit in range(len(units)):
+        reads = [in_context[i][unit - p.first_unit] for i, p in enumerate(passages)
+                 if p.first_unit <= unit < p.last_unit]  # fmt: skip
+        shared += len(reads) > 1
+        mean = np.mean(reads, axis=0)
+        np.testing.assert_allclose(data.unit_vectors[unit], mean / np.linalg.norm(mean),
+                                   atol=1e-5)  # fmt: skip
+    assert shared
+    # A sentence read with its neighbours is not the sentence read alone.
+    alone = encoder.encode_passages([document.text[a:b] for a, b in units])
+    assert (np.sum(alone * data.unit_vectors, axis=1) < 0.99).any()
+
+    # When the last sentence changes, so do the vectors of the sentences read with it: the
+    # passage sharing "Gamma is third." with the changed one is read again, the first is not.
+    counting.encoded.clear()
+    changed = Document("d", document.text.replace("in the Greek alphabet", "of them"))
+    updated = update_index(data, counting, splitter, add=[changed])  # type: ignore[arg-type]
+    assert counting.encoded == [p.text for p in updated.passages[1:]]
+    assert passages[1].text == updated.passages[1].text
 
 
 def test_a_rebuild_reuses_the_vectors_of_the_index_it_replaces(
