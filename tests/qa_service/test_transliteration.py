@@ -24,7 +24,9 @@ def test_a_cyrillic_question_ranks_with_the_better_of_its_spellings(service: QAS
     # name's word pieces with the English text, so the dense score is the Latin one's.
     cyrillic = service.ask("Ко је Петја Несторова?", top_k=3, mode="dense").answer.passages
     latin = service.ask("Ko je Petja Nestorova?", top_k=3, mode="dense").answer.passages
-    assert [p.hit.passage.id for p in cyrillic] == [p.hit.passage.id for p in latin]
-    for c, lat in zip(cyrillic, latin, strict=True):
-        assert c.hit.score >= lat.hit.score - 1e-6
-    assert any("Petya Nestorova" in p.hit.passage.text for p in cyrillic)
+    assert cyrillic[0].hit.passage.id == latin[0].hit.passage.id
+    assert "Petya Nestorova" in cyrillic[0].hit.passage.text
+    # A passage scores with the better spelling: never below the Latin spelling alone.
+    latin_scores = {p.hit.passage.id: p.hit.score for p in latin}
+    for passage in cyrillic:
+        assert passage.hit.score >= latin_scores.get(passage.hit.passage.id, 0.0) - 1e-6
