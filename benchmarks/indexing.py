@@ -5,16 +5,16 @@ each in a process of its own so that peak memory is that step's alone:
 
 1. `qa index` itself (the command's own code, in a fresh index folder, so nothing is reused),
    with every stage of the build timed from outside by wrapping the functions it calls: hashing
-   the corpus files, loading the documents, splitting (of which tokenizing), encoding passages,
-   encoding sentences, the FAISS and BM25 indexes, writing the generation. Wall time is taken
+   the corpus files, loading the documents, splitting (of which tokenizing), encoding passages
+   (their sentences' vectors are read off the same forward pass), the FAISS and BM25 indexes,
+   writing the generation. Wall time is taken
    by this process from the start of the child to its exit, so it includes Python's start-up,
    the imports and the model load, as a user sees it;
 2. the bare encoder on the exact texts that build encoded (read back from its index):
    the configured encoder's `encode_passages` in batches of 32, once in corpus order (one model
-   call per batch, no sorting) and once as one call (sentence-transformers sorts by length);
-   then the sentences the same way as one call.
+   call per batch, no sorting) and once as one call (sorted by length, as the build does).
 
-It prints passages/s and texts/s, the share of each stage, the ratio end to end / bare, and
+It prints passages/s, the share of each stage, the ratio end to end / bare, and
 peak resident memory (ru_maxrss of each process; VmHWM after each stage of the build).
 
     flock /tmp/bench.lock python benchmarks/indexing.py [--scifact-docs 2000]
@@ -93,7 +93,8 @@ def _index_child(corpus: Path, index_dir: Path, out: Path) -> None:
 
     def timed_encoder(settings: Any) -> Any:
         encoder = timed("loading the model", load_encoder)(settings)
-        token_spans, encode_passages = encoder.token_spans, encoder.encode_passages
+        token_spans = encoder.token_spans
+        encode_passages, encode_in_context = encoder.encode_passages, encoder.encode_in_context
 
         def spans(texts: Any) -> Any:
             t0 = time.perf_counter()
@@ -102,11 +103,16 @@ def _index_child(corpus: Path, index_dir: Path, out: Path) -> None:
             finally:
                 seconds["  of which tokenizing"] += time.perf_counter() - t0
 
-        def encode(texts: Any, *args: Any, **kwargs: Any) -> Any:
-            counts[label[0]] += len(texts)
-            return timed(label[0], encode_passages)(texts, *args, **kwargs)
+        def counted(fn: Callable[..., Any]) -> Callable[..., Any]:
+            def encode(texts: Any, *args: Any, **kwargs: Any) -> Any:
+                counts[label[0]] += len(texts)
+                return timed(label[0], fn)(texts, *args, **kwargs)
 
-        encoder.token_spans, encoder.encode_passages = spans, encode
+            return encode
+
+        encoder.token_spans = spans
+        encoder.encode_passages = counted(encode_passages)
+        encoder.encode_in_context = counted(encode_in_context)
         return encoder
 
     make_splitter = cli.make_splitter
@@ -160,7 +166,7 @@ def _bare_child(texts_path: Path, out: Path) -> None:
     from qa_service.service import load_configured_encoder
 
     texts = json.loads(texts_path.read_text())
-    passages, sentences = texts["passages"], texts["sentences"]
+    passages = texts["passages"]
     t0 = time.perf_counter()
     # The configured backend, its export cached by the `qa index` run beside these texts.
     encoder = load_configured_encoder(Settings(index_dir=texts_path.parent / "index"))
@@ -176,9 +182,6 @@ def _bare_child(texts_path: Path, out: Path) -> None:
     t0 = time.perf_counter()
     encoder.encode_passages(passages, batch_size=BATCH)
     result["passages, sorted by length"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    encoder.encode_passages(sentences, batch_size=BATCH)
-    result["sentences, sorted by length"] = time.perf_counter() - t0
     out.write_text(json.dumps(result))
 
 
@@ -212,20 +215,18 @@ def measure(name: str, corpus: Path, work: Path) -> None:
     stages = json.loads(stages_path.read_text())
     data = load_index(index_dir)
     passages = [p.text for p in data.passages]  # no title context by default: what was encoded
-    sentences = [d.text[a:b] for doc_id, d in data.documents.items() for a, b in data.units[doc_id]]
-    (work / "texts.json").write_text(json.dumps({"passages": passages, "sentences": sentences}))
+    (work / "texts.json").write_text(json.dumps({"passages": passages}))
     _, bare_peak = run_measured(
         [sys.executable, here, "_bare", str(work / "texts.json"), str(work / "bare.json")],
         work / "bare.log",
     )
     bare = json.loads((work / "bare.json").read_text())
 
-    n_p, n_s = len(passages), len(sentences)
+    n_p, n_s = len(passages), stages["sentences"]
     seconds: dict[str, float] = stages["seconds"]
     model_load = seconds.get("loading the model", 0.0)
     build_only = stages["command"] - model_load  # the build: the command less the model load
-    print(f"\n=== {name}: {stages['documents']} documents, {n_p} passages, {n_s} sentences "
-          f"({n_p + n_s} texts encoded) ===")  # fmt: skip
+    print(f"\n=== {name}: {stages['documents']} documents, {n_p} passages, {n_s} sentences ===")
     encoded = ", ".join(f"{k} {v}" for k, v in stages["counts"].items())
     print(f"texts the build encoded (distinct ones only): {encoded}")
     print(f"`qa index` wall, process start to exit: {wall:.2f} s "
@@ -244,32 +245,25 @@ def measure(name: str, corpus: Path, work: Path) -> None:
         f"{'other (caching, manifest, Python)':<36} {other:9.2f} {other / stages['command']:7.1%}"
     )
     encode_p = seconds.get("encoding passages", 0.0)
-    encode_s = seconds.get("encoding sentences", 0.0)
     bare_p = bare["passages, sorted by length"]
     bare_u = bare["passages, corpus order"]
-    bare_s = bare["sentences, sorted by length"]
     print(f"{'bare encoder, batches of ' + str(BATCH):<36} {'seconds':>9} {'texts/s':>9}")
     for label, value, count in (("passages, corpus order", bare_u, n_p),
-                                ("passages, sorted by length", bare_p, n_p),
-                                ("sentences, sorted by length", bare_s, n_s)):  # fmt: skip
+                                ("passages, sorted by length", bare_p, n_p)):  # fmt: skip
         print(f"{label:<36} {value:9.2f} {count / value:9.1f}")
     print(f"length sorting: {bare_u / bare_p:.2f}x faster on passages")
-    print(f"{'throughput':<52} {'passages/s':>10} {'texts/s':>9}")
+    print(f"{'throughput':<52} {'passages/s':>10}")
     rates = [
-        ("bare encoder, passages (sorted)", n_p / bare_p, n_p / bare_p),
-        ("bare encoder, passages + sentences (sorted)", n_p / (bare_p + bare_s),
-         (n_p + n_s) / (bare_p + bare_s)),
-        ("`qa index` build (command less model load)", n_p / build_only, (n_p + n_s) / build_only),
-        ("`qa index` wall (process start to exit)", n_p / wall, (n_p + n_s) / wall),
-    ]  # fmt: skip
-    for label, p_rate, t_rate in rates:
-        print(f"{label:<52} {p_rate:10.1f} {t_rate:9.1f}")
+        ("bare encoder, passages (sorted)", n_p / bare_p),
+        ("`qa index` build (command less model load)", n_p / build_only),
+        ("`qa index` wall (process start to exit)", n_p / wall),
+    ]
+    for label, rate in rates:
+        print(f"{label:<52} {rate:10.1f}")
     print(f"ratio end to end / bare, passages/s: build {bare_p / build_only:.2f}, "
           f"wall {bare_p / wall:.2f} (target >= 0.90)")  # fmt: skip
-    print(f"ratio end to end / bare, texts/s: build {(bare_p + bare_s) / build_only:.2f}, "
-          f"wall {(bare_p + bare_s) / wall:.2f}")  # fmt: skip
-    print(f"encoding in the build against bare: passages {encode_p / bare_p:.2f}x, "
-          f"sentences {encode_s / bare_s:.2f}x the bare time")  # fmt: skip
+    print(f"encoding in the build (passages and their sentences) against bare passages: "
+          f"{encode_p / bare_p:.2f}x the bare time")  # fmt: skip
     print(f"peak RSS: `qa index` {index_peak:.0f} MiB, bare encoder {bare_peak:.0f} MiB")
 
 

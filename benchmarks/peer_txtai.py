@@ -5,7 +5,8 @@ pinned to the CPU build on disk so pip never pulls another). The passages are th
 index of the default corpus holds (built with `qa index`, read back with `load_index`), so both
 sides index exactly the same texts with the same model folder. In one run it measures:
 
-- indexing time of those passages (ours: the whole build, passages *and* sentences, BM25, save;
+- indexing time of those passages (ours: the whole build, passages with their sentences' vectors
+  read off the same forward pass, BM25, save;
   txtai: `Embeddings.index` with content and a FAISS backend, then save);
 - in-process query latency (one question at a time: median, p95) and throughput of one batch;
 - over HTTP: our `qa serve` `POST /v1/ask` against txtai's API (`GET /search`), latency at
