@@ -80,12 +80,13 @@ def span_means(
     pieces inside it: the span's vector in its text's context (late chunking). A zero row for a
     span with no word piece (cut off by the input limit)."""
     out = np.zeros((len(spans), tokens.shape[1]), dtype=np.float32)
+    tokens = tokens[: len(offsets)]  # without the batch's padding
     starts, ends = offsets[:, 0], offsets[:, 1]
     real = ends > starts  # special tokens have empty offsets
     for j, (a, b) in enumerate(spans):
         inside = real & (starts >= a) & (ends <= b)
         if inside.any():
-            mean = tokens[: len(offsets)][inside].mean(axis=0)
+            mean = tokens[inside].mean(axis=0)
             out[j] = mean / max(float(np.linalg.norm(mean)), 1e-12)
     return out
 

@@ -286,6 +286,31 @@ def stale_reasons(
     return reasons
 
 
+def encode_documents(
+    chunked: Sequence[ChunkedDocument],
+    splitter: Splitter,
+    encoder: Encoder,
+    cache: EmbeddingCache,
+    sentence_vectors: bool = True,
+    batch_size: int = 32,
+    progress: ProgressFactory | None = None,
+) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """What is encoded for each passage, its vector, and (with `sentence_vectors`) each
+    sentence's vector read in its passages, in document order."""
+    windows = all_windows(chunked, splitter)
+    texts = [w.text for w in windows]
+    if not sentence_vectors:
+        missing = len({_text_key(t) for t in texts} - cache.vectors.keys())
+        on_batch = progress("passages", missing) if progress else None
+        return texts, cache.encode(texts, encoder, batch_size, on_batch), None
+    unit_texts = [c.document.text[a:b] for c in chunked for a, b in c.units]
+    started = (lambda total: progress("passages", total)) if progress else None
+    passage_vectors, unit_vectors = cache.encode_windows(
+        windows, unit_texts, encoder, batch_size, started
+    )
+    return texts, passage_vectors, unit_vectors
+
+
 def index_documents(
     documents: Sequence[Document],
     encoder: Encoder,
@@ -305,20 +330,10 @@ def index_documents(
     """
     chunked: list[ChunkedDocument] = [splitter.split(d) for d in documents]
     passages = [p for c in chunked for p in c.passages]
-    cache = cache or EmbeddingCache(encoder.name)
-    encoded = all_windows(chunked, splitter)
-    indexed_texts = [w.text for w in encoded]
-    unit_vectors = None
-    if sentence_vectors:
-        unit_texts = [c.document.text[a:b] for c in chunked for a, b in c.units]
-        started = (lambda total: progress("passages", total)) if progress else None
-        passage_vectors, unit_vectors = cache.encode_windows(
-            encoded, unit_texts, encoder, batch_size, started
-        )
-    else:
-        missing = len({_text_key(t) for t in indexed_texts} - cache.vectors.keys())
-        on_batch = progress("passages", missing) if progress else None
-        passage_vectors = cache.encode(indexed_texts, encoder, batch_size, on_batch)
+    indexed_texts, passage_vectors, unit_vectors = encode_documents(
+        chunked, splitter, encoder, cache or EmbeddingCache(encoder.name), sentence_vectors,
+        batch_size, progress,
+    )  # fmt: skip
     manifest = new_manifest(
         model=encoder.name,
         dimension=encoder.dimension,
@@ -440,18 +455,15 @@ def update_index(
     cache.add_index(data, encoder, only=gone & data.documents.keys())  # a replaced version
     chunked = [splitter.split(d) for d in add]
     new_passages = [p for c in chunked for p in c.passages]
-    new_windows = all_windows(chunked, splitter)
-    new_texts = [w.text for w in new_windows]
+    new_texts, new_vectors, new_units = encode_documents(
+        chunked, splitter, encoder, cache, data.unit_vectors is not None, batch_size
+    )
     unit_parts = []
-    if data.unit_vectors is not None:
+    if data.unit_vectors is not None and new_units is not None:
         for doc_id in kept_ids:
             start = data.unit_offsets[doc_id]
             unit_parts.append(data.unit_vectors[start : start + len(data.units[doc_id])])
-        unit_texts = [c.document.text[a:b] for c in chunked for a, b in c.units]
-        new_vectors, new_units = cache.encode_windows(new_windows, unit_texts, encoder, batch_size)
         unit_parts.append(new_units)
-    else:
-        new_vectors = cache.encode(new_texts, encoder, batch_size)
 
     passages = [data.passages[i] for i in kept] + new_passages
     documents = {doc_id: data.documents[doc_id] for doc_id in kept_ids}
