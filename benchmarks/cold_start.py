@@ -159,7 +159,7 @@ def large_index(corpus: Path, index_dir: Path, passages: int) -> None:
             encoder.name,
             encoder.dimension,
             fingerprint_of(files),
-            passage_settings(PassageSplitter(encoder, 96, 1)),
+            passage_settings(PassageSplitter(encoder, 96, 1), encoder.name),
             len(documents),
             len(rows),
             files,

@@ -125,8 +125,9 @@ class PassageSplitter:
         if overlap < 0:
             raise ValueError("overlap must not be negative")
         self._spanner = spanner
-        room = spanner.max_tokens - (TITLE_TOKENS + 1 if title_context else 0)
-        self.target_tokens = min(target_tokens, room)
+        # Word pieces the text after the title may take in one model input.
+        self.room = spanner.max_tokens - (TITLE_TOKENS + 1 if title_context else 0)
+        self.target_tokens = min(target_tokens, self.room)
         self.overlap = overlap
         self.title_context = title_context
 

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +57,34 @@ class BuildReport:
 # sentences were encoded another way (before: each on its own) is rebuilt rather than mixed.
 SENTENCE_VECTORS = "in passage context"
 
+# Models whose passages are also encoded after the passage before them in their document, with
+# the weight of that reading in a passage's dense score (retrieval.py). Measured on the seed sets
+# (docs/evaluation.md): multilingual-e5-small then finds a passage that does not name its
+# subject, named one passage earlier, and loses nothing in English. all-MiniLM-L6-v2's sentence
+# vectors already carry their passage's context, and it gained nothing.
+PRECEDING_CONTEXT: dict[str, float] = {"intfloat/multilingual-e5-small": 0.2}
 
-def passage_settings(splitter: Splitter) -> dict[str, Any]:
-    return {
+
+def context_weight(splitter: Splitter, model: str) -> float:
+    """The weight of a passage read after the one before it; 0 when the model does not gain from
+    it, or two passages would not fit one model input."""
+    if not isinstance(splitter, PassageSplitter) or 2 * splitter.target_tokens > splitter.room:
+        return 0.0
+    return PRECEDING_CONTEXT.get(model, 0.0)
+
+
+def passage_settings(splitter: Splitter, model: str) -> dict[str, Any]:
+    settings: dict[str, Any] = {
         "splitter": type(splitter).__name__,
         "target_tokens": splitter.target_tokens,
         "overlap": splitter.overlap,
         "title_context": splitter.title_context,
         "sentence_vectors": SENTENCE_VECTORS,
     }
+    weight = context_weight(splitter, model)
+    if weight:  # otherwise absent, as in the indexes written before it existed
+        settings["preceding_context"] = weight
+    return settings
 
 
 def _text_key(text: str) -> bytes:
@@ -91,6 +111,16 @@ def document_windows(
         units = chunked.units[passage.first_unit : passage.last_unit]
         numbers = range(first_unit + passage.first_unit, first_unit + passage.last_unit)
         result.append(Window(text, numbers, [(a + shift, b + shift) for a, b in units]))
+    return result
+
+
+def context_texts(chunked: ChunkedDocument, texts: Sequence[str]) -> list[str | None]:
+    """What is encoded for each passage read after the one before it: the text from that one's
+    start to this one's end (after the title, if `texts` have it); None for the first."""
+    result: list[str | None] = [None] if chunked.passages else []
+    for (before, passage), text in zip(pairwise(chunked.passages), texts[1:], strict=True):
+        title = text[: len(text) - len(passage.text)]
+        result.append(title + chunked.document.text[before.start : passage.end])
     return result
 
 
@@ -229,6 +259,13 @@ class EmbeddingCache:
             if positions:
                 vectors = data.vectors.vectors(np.asarray(positions, dtype=np.int64))
                 self.vectors.update(zip(map(_text_key, texts), vectors, strict=True))
+            if positions and data.context_vectors is not None:
+                contexts = context_texts(chunked, texts)
+                self.vectors.update(
+                    (_text_key(text), data.context_vectors[i])
+                    for i, text in zip(positions, contexts, strict=True)
+                    if text is not None
+                )
             if data.unit_vectors is not None and in_context:
                 unit_texts = [document.text[a:b] for a, b in units]
                 keys = _unit_keys(document_windows(chunked, texts), unit_texts)
@@ -275,15 +312,23 @@ def stale_reasons(
         reasons.append(f"built with vector index {manifest.vector_index}, configured {wanted}")
     if manifest.model != encoder.name or manifest.dimension != encoder.dimension:
         reasons.append(f"built with model {manifest.model}, configured {encoder.name}")
-    if manifest.passage_settings != passage_settings(splitter):
+    configured = passage_settings(splitter, encoder.name)
+    if manifest.passage_settings != configured:
         reasons.append(
-            f"built with passage settings {manifest.passage_settings}, "
-            f"configured {passage_settings(splitter)}"
+            f"built with passage settings {manifest.passage_settings}, configured {configured}"
         )
     memo = None if index_dir is None else index_dir / MEMO_FILE
     if corpus_dir.is_dir() and manifest.corpus_fingerprint != corpus_fingerprint(corpus_dir, memo):
         reasons.append(f"the files in {corpus_dir} changed since it was built")
     return reasons
+
+
+@dataclass(frozen=True)
+class EncodedPassages:
+    texts: list[str]  # what was encoded and BM25-indexed for each passage
+    vectors: np.ndarray
+    unit_vectors: np.ndarray | None  # each sentence's, read in its passages
+    context_vectors: np.ndarray | None  # each passage's, read after the one before it
 
 
 def encode_documents(
@@ -292,23 +337,47 @@ def encode_documents(
     encoder: Encoder,
     cache: EmbeddingCache,
     sentence_vectors: bool = True,
+    context: bool = False,
     batch_size: int = 32,
     progress: ProgressFactory | None = None,
-) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-    """What is encoded for each passage, its vector, and (with `sentence_vectors`) each
-    sentence's vector read in its passages, in document order."""
+) -> EncodedPassages:
+    """The passages' vectors, in document order, with (as asked) each sentence's vector read in
+    its passages and each passage's read after the one before it (its own for a document's
+    first)."""
     windows = all_windows(chunked, splitter)
     texts = [w.text for w in windows]
-    if not sentence_vectors:
-        missing = len({_text_key(t) for t in texts} - cache.vectors.keys())
-        on_batch = progress("passages", missing) if progress else None
-        return texts, cache.encode(texts, encoder, batch_size, on_batch), None
-    unit_texts = [c.document.text[a:b] for c in chunked for a, b in c.units]
-    started = (lambda total: progress("passages", total)) if progress else None
-    passage_vectors, unit_vectors = cache.encode_windows(
-        windows, unit_texts, encoder, batch_size, started
-    )
-    return texts, passage_vectors, unit_vectors
+    unit_vectors = None
+    if sentence_vectors:
+        unit_texts = [c.document.text[a:b] for c in chunked for a, b in c.units]
+        started = (lambda total: progress("passages", total)) if progress else None
+        vectors, unit_vectors = cache.encode_windows(
+            windows, unit_texts, encoder, batch_size, started
+        )
+    else:
+        vectors = _encode_texts(texts, "passages", cache, encoder, batch_size, progress)
+    context_vectors = None
+    if context:
+        contexts = [t for c in chunked for t in context_texts(c, splitter.indexed_texts(c))]
+        rows = [i for i, text in enumerate(contexts) if text is not None]
+        context_vectors = vectors.copy()
+        if rows:
+            wanted = [text for text in contexts if text is not None]
+            context_vectors[rows] = _encode_texts(
+                wanted, "contexts", cache, encoder, batch_size, progress
+            )
+    return EncodedPassages(texts, vectors, unit_vectors, context_vectors)
+
+
+def _encode_texts(
+    texts: list[str],
+    name: str,
+    cache: EmbeddingCache,
+    encoder: Encoder,
+    batch_size: int,
+    progress: ProgressFactory | None,
+) -> np.ndarray:
+    missing = len({_text_key(t) for t in texts} - cache.vectors.keys())
+    return cache.encode(texts, encoder, batch_size, progress(name, missing) if progress else None)
 
 
 def index_documents(
@@ -330,15 +399,16 @@ def index_documents(
     """
     chunked: list[ChunkedDocument] = [splitter.split(d) for d in documents]
     passages = [p for c in chunked for p in c.passages]
-    indexed_texts, passage_vectors, unit_vectors = encode_documents(
+    settings = passage_settings(splitter, encoder.name)
+    encoded = encode_documents(
         chunked, splitter, encoder, cache or EmbeddingCache(encoder.name), sentence_vectors,
-        batch_size, progress,
+        "preceding_context" in settings, batch_size, progress,
     )  # fmt: skip
     manifest = new_manifest(
         model=encoder.name,
         dimension=encoder.dimension,
         corpus_fingerprint=fingerprint,
-        passage_settings=passage_settings(splitter),
+        passage_settings=settings,
         documents=len(chunked),
         passages=len(passages),
         corpus_files=dict(files or {}),
@@ -348,10 +418,11 @@ def index_documents(
         units={c.document.id: c.units for c in chunked},
         acronyms={c.document.id: definitions(c.document.text) for c in chunked},
         passages=passages,
-        vectors=VectorIndex.build(passage_vectors, config=index_config),
-        lexical=LexicalIndex.build(indexed_texts),
-        unit_vectors=unit_vectors,
+        vectors=VectorIndex.build(encoded.vectors, config=index_config),
+        lexical=LexicalIndex.build(encoded.texts),
+        unit_vectors=encoded.unit_vectors,
         manifest=manifest,
+        context_vectors=encoded.context_vectors,
     )
 
 
@@ -455,15 +526,20 @@ def update_index(
     cache.add_index(data, encoder, only=gone & data.documents.keys())  # a replaced version
     chunked = [splitter.split(d) for d in add]
     new_passages = [p for c in chunked for p in c.passages]
-    new_texts, new_vectors, new_units = encode_documents(
-        chunked, splitter, encoder, cache, data.unit_vectors is not None, batch_size
-    )
-    unit_parts = []
-    if data.unit_vectors is not None and new_units is not None:
+    new = encode_documents(
+        chunked, splitter, encoder, cache, data.unit_vectors is not None,
+        data.context_vectors is not None, batch_size,
+    )  # fmt: skip
+    unit_vectors = None
+    if data.unit_vectors is not None and new.unit_vectors is not None:
+        unit_parts = []
         for doc_id in kept_ids:
             start = data.unit_offsets[doc_id]
             unit_parts.append(data.unit_vectors[start : start + len(data.units[doc_id])])
-        unit_parts.append(new_units)
+        unit_vectors = np.concatenate([*unit_parts, new.unit_vectors])
+    context_vectors = None
+    if data.context_vectors is not None and new.context_vectors is not None:
+        context_vectors = np.concatenate([data.context_vectors[kept], new.context_vectors])
 
     passages = [data.passages[i] for i in kept] + new_passages
     documents = {doc_id: data.documents[doc_id] for doc_id in kept_ids}
@@ -473,7 +549,7 @@ def update_index(
     acronyms = {doc_id: data.acronyms[doc_id] for doc_id in kept_ids}
     acronyms.update((c.document.id, definitions(c.document.text)) for c in chunked)
     old_texts = indexed_texts(data, splitter)
-    texts = [old_texts[i] for i in kept] + new_texts
+    texts = [old_texts[i] for i in kept] + new.texts
     terms = terms or TermCache()
     manifest = data.manifest
     fingerprint = manifest.corpus_fingerprint if files is None else fingerprint_of(files)
@@ -482,9 +558,9 @@ def update_index(
         units=units,
         acronyms=acronyms,
         passages=passages,
-        vectors=data.vectors.updated(np.asarray(kept, dtype=np.int64), new_vectors, index_config),
+        vectors=data.vectors.updated(np.asarray(kept, dtype=np.int64), new.vectors, index_config),
         lexical=LexicalIndex.from_terms(terms.analyse(texts)),
-        unit_vectors=np.concatenate(unit_parts) if data.unit_vectors is not None else None,
+        unit_vectors=unit_vectors,
         manifest=new_manifest(
             model=manifest.model,
             dimension=manifest.dimension,
@@ -494,4 +570,5 @@ def update_index(
             passages=len(passages),
             corpus_files=manifest.corpus_files if files is None else dict(files),
         ),
+        context_vectors=context_vectors,
     )

@@ -13,9 +13,14 @@ never mention (stop words, unknown terms) keeps its low lexical score as evidenc
 The dense score of a passage is the cosine similarity of the question with the passage or with
 its best sentence, whichever is higher (where sentence vectors exist, and for models where that
 was measured to help, see `DENSE_SCORING`): a passage is as relevant as the sentence that
-answers. For fusion, a model's cosine is rescaled from the level unrelated texts reach (its
-`floor`) to 1, so that 0 means unrelated for both scores. The lexical score is BM25 as a share of
-the best attainable (see `lexical.py`).
+answers. Where the index holds each passage read after the passage before it (for models that
+gain from it, `indexing.PRECEDING_CONTEXT`), the passage's cosine is mixed with that reading's,
+with the weight its manifest records, so that a passage which does not name its subject is
+still found when the passage before it does.
+
+For fusion, a model's cosine is rescaled from the level unrelated texts reach (its `floor`) to 1,
+so that 0 means unrelated for both scores. The lexical score is BM25 as a share of the best
+attainable (see `lexical.py`).
 """
 
 from __future__ import annotations
@@ -156,6 +161,7 @@ class Retriever:
         self._index = index
         self.dense_weight = dense_weight
         self.scoring = DENSE_SCORING.get(index.manifest.model, DenseScoring())
+        self.context_weight = float(index.manifest.passage_settings.get("preceding_context", 0))
         self._analyzer = Analyzer()
 
     def lexical_coverage(self, question: str) -> float:
@@ -250,6 +256,9 @@ class Retriever:
         dense = lex = None
         if mode != "lexical":
             dense = (self._index.vectors.vectors(id_array) @ vectors.T).max(axis=1)
+            if self._index.context_vectors is not None and self.context_weight:
+                in_context = (self._index.context_vectors[id_array] @ vectors.T).max(axis=1)
+                dense = (1 - self.context_weight) * dense + self.context_weight * in_context
             if self._index.unit_vectors is not None and self.scoring.sentence_evidence:
                 dense = np.maximum(dense, self._best_sentence_scores(ids, vectors))
             dense = dense.astype(np.float64)

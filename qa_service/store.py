@@ -47,6 +47,7 @@ _DOCUMENTS = "documents.jsonl"
 _PASSAGES = "passages.jsonl"
 _VECTORS = "passages.faiss"
 _UNIT_VECTORS = "units.npy"
+_CONTEXT_VECTORS = "contexts.npy"
 _LEXICAL = "bm25"
 _CURRENT = "current"
 _GENERATIONS = "generations"
@@ -91,6 +92,9 @@ class IndexData:
     unit_vectors: Vectors | None  # None when built without sentence vectors (benchmarks)
     manifest: Manifest
     generation: str | None = None  # name of the generation folder it was loaded from or saved as
+    # Each passage's vector read after the passage before it, for models that gain from it
+    # (indexing.PRECEDING_CONTEXT); None otherwise.
+    context_vectors: Vectors | None = None
     unit_offsets: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -101,10 +105,9 @@ class IndexData:
             offset += len(self.units[doc_id])
         if self.unit_vectors is not None and offset != len(self.unit_vectors):
             raise IndexCorruptError(f"{offset} sentence units but {len(self.unit_vectors)} vectors")
-        if len(self.passages) != len(self.vectors):
-            raise IndexCorruptError(
-                f"{len(self.passages)} passages but {len(self.vectors)} vectors"
-            )
+        for vectors in (self.vectors, self.context_vectors):
+            if vectors is not None and len(self.passages) != len(vectors):
+                raise IndexCorruptError(f"{len(self.passages)} passages but {len(vectors)} vectors")
 
     @cached_property
     def passage_ids(self) -> dict[str, list[int]]:
@@ -199,6 +202,8 @@ def _save_index(index_dir: Path, data: IndexData) -> Path:
     data.vectors.save(staging / _VECTORS)
     if data.unit_vectors is not None:
         np.save(staging / _UNIT_VECTORS, data.unit_vectors)
+    if data.context_vectors is not None:
+        np.save(staging / _CONTEXT_VECTORS, data.context_vectors)
     (staging / _LEXICAL).mkdir()
     data.lexical.save(staging / _LEXICAL)
 
@@ -351,18 +356,24 @@ def load_index(index_dir: Path, config: IndexConfig | None = None) -> IndexData:
             folder / _VECTORS, manifest.dimension, manifest.vector_index, config
         )
         lexical = LexicalIndex.load(folder / _LEXICAL)
-        unit_path = folder / _UNIT_VECTORS
-        # Memory-mapped too; a generation's files are never rewritten in place (a write makes a
-        # new generation, and removing the old one keeps mapped pages readable until unmapped).
-        # A plain ndarray view of the map: every slice of a `np.memmap` runs Python hooks.
-        unit_vectors = (
-            np.load(unit_path, mmap_mode="r").view(np.ndarray) if unit_path.exists() else None
-        )
+        unit_vectors = _mapped(folder / _UNIT_VECTORS)
+        context_vectors = _mapped(folder / _CONTEXT_VECTORS)
     except (OSError, ValueError, TypeError, KeyError, IndexFormatError) as exc:
         raise IndexCorruptError(f"cannot read the index in {folder}: {exc}") from exc
     return IndexData(
-        documents, units, acronyms, passages, vectors, lexical, unit_vectors, manifest, folder.name
-    )
+        documents, units, acronyms, passages, vectors, lexical, unit_vectors, manifest, folder.name,
+        context_vectors,
+    )  # fmt: skip
+
+
+def _mapped(path: Path) -> Vectors | None:
+    """The array saved at `path`, memory-mapped like the passage vectors; None if there is none.
+
+    A generation's files are never rewritten in place (a write makes a new generation, and
+    removing the old one keeps mapped pages readable until unmapped). A plain ndarray view of
+    the map: every slice of a `np.memmap` runs Python hooks.
+    """
+    return np.load(path, mmap_mode="r").view(np.ndarray) if path.exists() else None
 
 
 def new_manifest(

@@ -305,13 +305,9 @@ def evaluate_question_set(
 
 def cache_key(benchmark: Benchmark, encoder: Encoder, splitter: Splitter, sentences: bool) -> str:
     """Changes with the corpus (file and the document texts made from it), model and splitting."""
+    key = [benchmark.fingerprint, encoder.name, passage_settings(splitter, encoder.name), sentences]
     digest = hashlib.sha256()
-    digest.update(
-        json.dumps(
-            [benchmark.fingerprint, encoder.name, passage_settings(splitter), sentences],
-            sort_keys=True,
-        ).encode()
-    )
+    digest.update(json.dumps(key, sort_keys=True).encode())
     for document in benchmark.documents:
         digest.update(document.id.encode() + b"\0" + document.text.encode() + b"\0")
     return digest.hexdigest()[:20]
@@ -395,7 +391,7 @@ def evaluate_benchmark(
         kind="benchmark",
         settings={
             "model": encoder.name,
-            **passage_settings(splitter),
+            **passage_settings(splitter, encoder.name),
             "split": benchmark.split,
             "top_k": top_k,
             "mode": options.ask_options.get("mode", service.mode),

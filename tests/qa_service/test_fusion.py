@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from embeddings import E5_MODEL
+from qa_service.indexing import PRECEDING_CONTEXT
 from qa_service.retrieval import DENSE_SCORING, Retriever
 from qa_service.service import QAService
+from qa_service.transliteration import spellings
 
 ENGLISH = "Who is the Executive Secretary of the Council of Europe anti-trafficking convention?"
 # The same question in Serbian (Cyrillic), Albanian and Macedonian.
@@ -49,12 +51,18 @@ def test_e5_ranks_by_whole_passages_with_its_own_floor(e5_service: QAService) ->
     scoring = DENSE_SCORING[E5_MODEL]
     assert not scoring.sentence_evidence
     assert 0.5 < scoring.floor < 0.9
-    (top, *_) = e5_service.ask(ENGLISH, mode="dense").answer.passages
     index = e5_service.index
-    row = next(i for i, p in enumerate(index.passages) if p.id == top.hit.passage.id)
+    weight = PRECEDING_CONTEXT[E5_MODEL]
+    assert index.manifest.passage_settings["preceding_context"] == weight
+    assert index.context_vectors is not None
     (question,) = e5_service.encoder.encode_queries([ENGLISH])
-    cosine = float(index.vectors.vectors(np.asarray([row], dtype=np.int64))[0] @ question)
-    assert top.hit.dense_score == pytest.approx(cosine, abs=1e-5)  # no sentence max
+    for top in e5_service.ask(ENGLISH, mode="dense").answer.passages:
+        rows = np.asarray([top.hit.row], dtype=np.int64)
+        cosine = float(index.vectors.vectors(rows)[0] @ question)
+        in_context = float(index.context_vectors[top.hit.row] @ question)
+        # No sentence max: the passage, mixed with its reading after the passage before it.
+        expected = (1 - weight) * cosine + weight * in_context
+        assert top.hit.dense_score == pytest.approx(expected, abs=1e-5)
     (top,) = e5_service.ask(ENGLISH, top_k=1, mode="hybrid").answer.passages
     assert top.hit.dense_score is not None and top.hit.lexical_score is not None
     rescaled = (top.hit.dense_score - scoring.floor) / (1 - scoring.floor)
@@ -69,3 +77,21 @@ def test_e5_answers_in_every_language_from_the_english_text(
         answer = e5_service.ask(question, top_k=5, mode=mode).answer
         assert answer.answerable, mode
         assert any("Petya Nestorova" in p.hit.passage.text for p in answer.passages), mode
+
+
+# The participants' countries are named in a passage that never says "Budva": the training of
+# trainers there is introduced in the passage before it.
+BUDVA = "Koje su zemlje poslale učesnike na obuku za trenere u Budvi?"
+COUNTRIES = "Bosnia and Herzegovina, Montenegro, North Macedonia and Serbia"
+
+
+def test_e5_finds_a_passage_by_the_one_before_it(e5_service: QAService) -> None:
+    (top, *_) = e5_service.ask(BUDVA, top_k=5, mode="hybrid").answer.passages
+    assert COUNTRIES in top.hit.passage.text
+    # Without the passages read in context, the first passage names Budva but not the countries.
+    retriever = Retriever(e5_service.index)
+    assert retriever.context_weight > 0
+    retriever.context_weight = 0.0
+    vectors = [e5_service.encoder.encode_queries(spellings(BUDVA))]
+    (hits,) = retriever.retrieve([BUDVA], vectors, k=5, mode="hybrid")
+    assert "Budva" in hits[0].passage.text and COUNTRIES not in hits[0].passage.text

@@ -25,6 +25,7 @@ from qa_service.errors import (
 )
 from qa_service.fingerprint import corpus_fingerprint
 from qa_service.indexing import (
+    PRECEDING_CONTEXT,
     EmbeddingCache,
     TermCache,
     build_index,
@@ -179,6 +180,54 @@ def test_a_rebuild_reuses_the_vectors_of_the_index_it_replaces(
 def test_the_cache_refuses_another_model(encoder: Encoder) -> None:
     with pytest.raises(ValueError, match="cache of"):
         EmbeddingCache("another-model").encode(["x"], encoder)
+
+
+def test_passages_read_after_the_one_before_them(
+    tmp_path: Path, encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For a model listed in PRECEDING_CONTEXT (here the test's own model, listed for the test)
+    each passage is also encoded from the start of the one before it; the vectors survive an
+    update, a save and a rebuild, and the index records the weight."""
+    monkeypatch.setitem(PRECEDING_CONTEXT, encoder.name, 0.25)
+    splitter = _splitter(encoder)
+    data = index_documents(DOCS, encoder, splitter, "f")
+    assert data.manifest.passage_settings["preceding_context"] == 0.25
+    assert data.context_vectors is not None
+    expected = []
+    for i, passage in enumerate(data.passages):
+        before = data.passages[i - 1] if i else None
+        if before is None or before.document_id != passage.document_id:
+            expected.append(passage.text)  # a document's first: its own reading
+        else:
+            text = data.documents[passage.document_id].text
+            assert before.start < passage.start
+            expected.append(text[before.start : passage.end])
+    assert any(t not in (p.text for p in data.passages) for t in expected)
+    np.testing.assert_allclose(data.context_vectors, encoder.encode_passages(expected), atol=1e-5)
+
+    # An update matches a rebuild; saved and loaded, a rebuild encodes nothing again.
+    replaced = Document("c", "Rivers flow to the sea. The Neretva is a river too. It is green.")
+    updated = update_index(data, encoder, splitter, remove={"a"}, add=[replaced])
+    rebuilt = index_documents([DOCS[1], replaced], encoder, splitter, "f")
+    assert updated.context_vectors is not None and rebuilt.context_vectors is not None
+    np.testing.assert_allclose(updated.context_vectors, rebuilt.context_vectors, atol=1e-5)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for document in DOCS:
+        (corpus / f"{document.id}.txt").write_text(document.text)
+    build_index(corpus, tmp_path / "idx", encoder, splitter)
+    loaded = load_index(tmp_path / "idx")
+    assert loaded.context_vectors is not None
+    np.testing.assert_allclose(loaded.context_vectors, data.context_vectors, atol=1e-6)
+    counting = CountingEncoder(encoder)
+    build_index(corpus, tmp_path / "idx", counting, splitter)  # type: ignore[arg-type]
+    assert counting.encoded == []
+
+    # Models not listed keep plain indexes, as before.
+    monkeypatch.delitem(PRECEDING_CONTEXT, encoder.name)
+    plain = index_documents(DOCS, encoder, splitter, "f")
+    assert plain.context_vectors is None
+    assert "preceding_context" not in plain.manifest.passage_settings
 
 
 @pytest.fixture
