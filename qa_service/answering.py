@@ -103,7 +103,7 @@ class AnswerBuilder:
     def build(
         self, question: str, question_vectors: Vectors, hits: list[Hit], threshold: float
     ) -> Answer:
-        answerable = bool(hits) and hits[0].score >= threshold
+        answerable = bool(hits) and hits[0].support >= threshold
         terms = content_terms(question)
         ranked = []
         answer_rank, answer_score = None, -np.inf

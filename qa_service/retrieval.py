@@ -21,6 +21,13 @@ still found when the passage before it does.
 For fusion, a model's cosine is rescaled from the level unrelated texts reach (its `floor`) to 1,
 so that 0 means unrelated for both scores. The lexical score is BM25 as a share of the best
 attainable (see `lexical.py`).
+
+Each hit also carries its `support`, the score abstention compares with the threshold: the score
+itself, except in hybrid mode for a question BM25 reads less than half of (one in another
+language). The few words it does read there (a name, an English loan word, a foreign word that
+happens to be an English stop word) still order the candidates, but a weak lexical match cannot
+pull a passage's support below its rescaled dense score, which is what decides for a question BM25
+cannot read at all.
 """
 
 from __future__ import annotations
@@ -61,6 +68,9 @@ DENSE_SCORING: dict[str, DenseScoring] = {
     # the seed sets in every language (docs/evaluation.md).
     "intfloat/multilingual-e5-small": DenseScoring(sentence_evidence=False, floor=0.7),
 }
+# Below this lexical coverage, lexical fusion orders the candidates but does not lower a hit's
+# support (measured on the seed sets in four languages, docs/evaluation.md).
+LEXICAL_SUPPORT_COVERAGE = 0.5
 # Candidates each retriever contributes per passage asked for: room for overlap removal.
 CANDIDATE_FACTOR = 4
 MIN_CANDIDATES = 40
@@ -76,6 +86,7 @@ DIVERSITY_POOL = 3
 class Hit:
     passage: Passage
     score: float  # the mode's score: cosine, lexical share, or their weighted sum
+    support: float  # what abstention judges: the score, or not below the dense score (see above)
     dense_score: float | None = None
     lexical_score: float | None = None
     row: int = -1  # the passage's window in the index (the best one, for a merged passage)
@@ -266,18 +277,21 @@ class Retriever:
             lex = lexical[id_array].astype(np.float64)
         if dense is None:
             assert lex is not None
-            scores = lex
+            scores = support = lex
         elif lex is None:
-            scores = dense
+            scores = support = dense
         else:
             lexical_weight = (1 - self.dense_weight) * coverage
             rescaled = (dense - self.scoring.floor) / (1 - self.scoring.floor)
-            scores = (1 - lexical_weight) * rescaled + lexical_weight * lex
+            scores = support = (1 - lexical_weight) * rescaled + lexical_weight * lex
+            if coverage < LEXICAL_SUPPORT_COVERAGE:
+                support = np.maximum(scores, rescaled)
         # Best first, ties in candidate order; hits are made only as far as merging needs.
         hits = (
             Hit(
                 self._index.passages[ids[j]],
                 float(scores[j]),
+                float(support[j]),
                 None if dense is None else float(dense[j]),
                 None if lex is None else float(lex[j]),
                 ids[j],

@@ -58,7 +58,7 @@ class QuestionResult:
     scores: list[float]
     relevant: int  # relevant passages/documents that exist for this question
     first_relevant_rank: int | None
-    top_score: float | None
+    top_score: float | None  # the best passage's support: what abstention judged
     unanswerable: bool
     abstained: bool
     answer: str | None
@@ -208,7 +208,7 @@ def _result(
         scores=[round(s, 6) for s in scores[:KEEP_RETRIEVED]],
         relevant=len(qrels),
         first_relevant_rank=first_relevant_rank(retrieved, qrels),
-        top_score=answer.passages[0].hit.score if answer.passages else None,
+        top_score=answer.passages[0].hit.support if answer.passages else None,
         unanswerable=question.unanswerable,
         abstained=not answer.answerable,
         answer=text,

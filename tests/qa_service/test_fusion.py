@@ -8,7 +8,7 @@ import pytest
 
 from embeddings import E5_MODEL
 from qa_service.indexing import PRECEDING_CONTEXT
-from qa_service.retrieval import DENSE_SCORING, Retriever
+from qa_service.retrieval import DENSE_SCORING, LEXICAL_SUPPORT_COVERAGE, Retriever
 from qa_service.service import QAService
 from qa_service.transliteration import spellings
 
@@ -45,6 +45,38 @@ def test_an_english_question_still_fuses_both(service: QAService) -> None:
     (top, *_) = service.ask(ENGLISH, mode="hybrid").answer.passages
     assert top.hit.dense_score is not None and top.hit.lexical_score is not None
     assert top.hit.score == pytest.approx(0.5 * top.hit.dense_score + 0.5 * top.hit.lexical_score)
+
+
+# "When did the Annual Regional Meeting of the Task Forces take place?" in Albanian. BM25 reads
+# two of its nine words: "i" (an English stop word) and "task".
+TASK_FORCES = "Kur u mbajt Takimi Vjetor Rajonal i Task-Forcave?"
+
+
+def test_a_weak_lexical_match_does_not_count_against_answering(service: QAService) -> None:
+    assert 0 < Retriever(service.index).lexical_coverage(TASK_FORCES) < LEXICAL_SUPPORT_COVERAGE
+    passages = service.ask(TASK_FORCES, top_k=10, mode="hybrid").answer.passages
+    for p in passages:
+        # all-MiniLM-L6-v2's floor is 0: the rescaled dense score is the cosine itself.
+        assert p.hit.support == pytest.approx(max(p.hit.score, p.hit.dense_score))
+    top = passages[0].hit
+    assert top.score < top.support  # the lexical weight pulled the fused score down
+    between = (top.score + top.support) / 2
+    assert service.ask(TASK_FORCES, min_score=between, mode="hybrid").answer.answerable
+    assert not service.ask(TASK_FORCES, min_score=top.support + 1e-3).answer.answerable
+    # A question BM25 reads is judged on its fused score, as is every question in dense mode.
+    (english, *_) = service.ask(ENGLISH, mode="hybrid").answer.passages
+    assert english.hit.support == english.hit.score
+    (dense, *_) = service.ask(TASK_FORCES, mode="dense").answer.passages
+    assert dense.hit.support == dense.hit.score
+
+
+def test_e5_answers_a_question_bm25_barely_reads(e5_service: QAService) -> None:
+    answer = e5_service.ask(TASK_FORCES, mode="hybrid").answer
+    top = answer.passages[0].hit
+    assert "17 May 2024" in top.passage.text
+    # Judged on the fused score, this question would be abstained.
+    assert top.score < e5_service.threshold("hybrid") <= top.support
+    assert answer.answerable
 
 
 def test_e5_ranks_by_whole_passages_with_its_own_floor(e5_service: QAService) -> None:
