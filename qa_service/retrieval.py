@@ -86,7 +86,7 @@ DIVERSITY_POOL = 3
 class Hit:
     passage: Passage
     score: float  # the mode's score: cosine, lexical share, or their weighted sum
-    support: float  # what abstention judges: the score, or not below the dense score (see above)
+    support: float  # what abstention judges: the score, or at least the rescaled dense one (above)
     dense_score: float | None = None
     lexical_score: float | None = None
     row: int = -1  # the passage's window in the index (the best one, for a merged passage)
