@@ -24,10 +24,10 @@ attainable (see `lexical.py`).
 
 Each hit also carries its `support`, the score abstention compares with the threshold: the score
 itself, except in hybrid mode for a question BM25 reads less than half of (one in another
-language). The few words it does read there (a name, an English loan word, a foreign word that
-happens to be an English stop word) still order the candidates, but a weak lexical match cannot
-pull a passage's support below its rescaled dense score, which is what decides for a question BM25
-cannot read at all.
+language, or English keywords mostly absent from the documents). The few words it does read there
+(a name, an English loan word, a foreign word that happens to be an English stop word) still order
+the candidates, but a weak lexical match cannot pull a passage's support below its rescaled dense
+score, which is what decides for a question BM25 cannot read at all.
 """
 
 from __future__ import annotations
