@@ -22,12 +22,16 @@ For fusion, a model's cosine is rescaled from the level unrelated texts reach (i
 so that 0 means unrelated for both scores. The lexical score is BM25 as a share of the best
 attainable (see `lexical.py`).
 
+A question BM25 reads less than half of (one in another language, or English keywords mostly
+absent from the documents) may come with a `Translation` (lexicon.py): the corpus words nearest to
+its words, which BM25 searches instead, at the weight the translation sets.
+
 Each hit also carries its `support`, the score abstention compares with the threshold: the score
-itself, except in hybrid mode for a question BM25 reads less than half of (one in another
-language, or English keywords mostly absent from the documents). The few words it does read there
-(a name, an English loan word, a foreign word that happens to be an English stop word) still order
-the candidates, but a weak lexical match cannot pull a passage's support below its rescaled dense
-score, which is what decides for a question BM25 cannot read at all.
+itself, except in hybrid mode for a question BM25 reads less than half of. There the few words it
+reads, or their translations, still order the candidates, but whether to answer is judged on the
+rescaled dense score alone, as for a question BM25 cannot read at all: a stray or mistranslated
+word must not make an off-topic question look answerable, nor a weak match an answerable one
+look off-topic.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from embeddings import Vectors
 from qa_service.chunking import Passage, Span
 from qa_service.documents import Document
 from qa_service.lexical import STOPWORDS, WORD, Analyzer
+from qa_service.lexicon import Translation
 from qa_service.store import IndexData
 
 Mode = Literal["dense", "lexical", "hybrid"]
@@ -68,8 +73,8 @@ DENSE_SCORING: dict[str, DenseScoring] = {
     # the seed sets in every language (docs/evaluation.md).
     "intfloat/multilingual-e5-small": DenseScoring(sentence_evidence=False, floor=0.7),
 }
-# Below this lexical coverage, lexical fusion orders the candidates but does not lower a hit's
-# support (measured on the seed sets in four languages, docs/evaluation.md).
+# Below this lexical coverage, lexical fusion orders the candidates but a hit's support is its
+# dense score (measured on the seed sets in four languages, docs/evaluation.md).
 LEXICAL_SUPPORT_COVERAGE = 0.5
 # Candidates each retriever contributes per passage asked for: room for overlap removal.
 CANDIDATE_FACTOR = 4
@@ -86,7 +91,7 @@ DIVERSITY_POOL = 3
 class Hit:
     passage: Passage
     score: float  # the mode's score: cosine, lexical share, or their weighted sum
-    support: float  # what abstention judges: the score, or at least the rescaled dense one (above)
+    support: float  # what abstention judges: the score, or the rescaled dense one (above)
     dense_score: float | None = None
     lexical_score: float | None = None
     row: int = -1  # the passage's window in the index (the best one, for a merged passage)
@@ -205,12 +210,14 @@ class Retriever:
         mode: Mode = "hybrid",
         filters: Filters | None = None,
         diversity: float = 0.0,
+        translations: Sequence[Translation | None] | None = None,
     ) -> list[list[Hit]]:
         """The `k` best passages for each question, best first; overlapping windows of the same
         text are merged into one passage, ranked where the better of them ranked.
 
         Each question comes with a matrix: the vectors of its spellings (transliteration.py). A
-        passage's dense score is its best cosine with any of them.
+        passage's dense score is its best cosine with any of them. A question's translation, if
+        given, is what BM25 searches for it.
 
         With `diversity` d > 0 the results are picked by maximal marginal relevance: each next
         one maximises (1 - d) × score - d × (its highest cosine with a passage already picked),
@@ -238,9 +245,10 @@ class Retriever:
             if dense_ids is not None:
                 found = dense_ids[bounds[row] : bounds[row + 1]].ravel()
                 candidates.update(dict.fromkeys(int(i) for i in found if i >= 0))
+            translation = translations[row] if translations is not None else None
             lexical = None
             if mode != "dense":
-                lexical = self._index.lexical.scores(question)
+                lexical = self._index.lexical.scores(translation.query if translation else question)
                 if allowed is not None:
                     mask = np.zeros(len(lexical), dtype=bool)
                     mask[allowed] = True
@@ -248,7 +256,9 @@ class Retriever:
                 top = np.argpartition(-lexical, depth - 1)[:depth]
                 candidates.update(dict.fromkeys(int(i) for i in top if lexical[i] > 0))
             coverage = self.lexical_coverage(question) if mode == "hybrid" else 1.0
-            hits = self._rank(list(candidates), vectors, lexical, mode, pool, coverage)
+            weight = translation.coverage if translation else coverage
+            dense_support = coverage < LEXICAL_SUPPORT_COVERAGE
+            hits = self._rank(list(candidates), vectors, lexical, mode, pool, weight, dense_support)
             results.append(self._diversify(hits, k, diversity) if diversity > 0 else hits)
         return results
 
@@ -260,6 +270,7 @@ class Retriever:
         mode: Mode,
         k: int,
         coverage: float = 1.0,
+        dense_support: bool = False,
     ) -> list[Hit]:
         if not ids:
             return []
@@ -283,9 +294,8 @@ class Retriever:
         else:
             lexical_weight = (1 - self.dense_weight) * coverage
             rescaled = (dense - self.scoring.floor) / (1 - self.scoring.floor)
-            scores = support = (1 - lexical_weight) * rescaled + lexical_weight * lex
-            if coverage < LEXICAL_SUPPORT_COVERAGE:
-                support = np.maximum(scores, rescaled)
+            scores = (1 - lexical_weight) * rescaled + lexical_weight * lex
+            support = rescaled if dense_support else scores
         # Best first, ties in candidate order; hits are made only as far as merging needs.
         hits = (
             Hit(

@@ -35,7 +35,15 @@ from qa_service.errors import (
     WritesDisabledError,
 )
 from qa_service.indexing import ProgressFactory, build_index, stale_reasons
-from qa_service.retrieval import DENSE_WEIGHT, Filters, Mode, Retriever
+from qa_service.lexicon import MODELS as LEXICON_MODELS
+from qa_service.lexicon import Lexicon, words_of
+from qa_service.retrieval import (
+    DENSE_WEIGHT,
+    LEXICAL_SUPPORT_COVERAGE,
+    Filters,
+    Mode,
+    Retriever,
+)
 from qa_service.store import (
     IndexData,
     current_generation_name,
@@ -67,6 +75,7 @@ class _State:
     retriever: Retriever
     answers: AnswerBuilder
     acronyms: Acronyms
+    lexicon: Lexicon | None  # for multilingual models (lexicon.py)
 
 
 def load_configured_encoder(settings: Settings) -> Encoder:
@@ -147,17 +156,27 @@ class QAService:
         self._updater = updater
         self._write_lock = threading.Lock()  # in-process writers; `index_lock` across processes
 
-    def _new_state(self, index: IndexData) -> _State:
+    def _new_state(self, index: IndexData, previous: _State | None = None) -> _State:
         if index.manifest.model != self.encoder.name:
             raise IndexStaleError(
                 f"index built with {index.manifest.model} cannot be queried with "
                 f"{self.encoder.name}"
             )
+        lexicon = None
+        if self.encoder.name in LEXICON_MODELS:
+            started = time.perf_counter()
+            known = previous.lexicon if previous is not None else None
+            lexicon = Lexicon.build(index.documents.values(), self.encoder.encode_queries, known)
+            logger.info(
+                "lexicon of %d words ready in %.1f s",
+                len(lexicon.words), time.perf_counter() - started,
+            )  # fmt: skip
         return _State(
             index,
             Retriever(index, self.dense_weight),
             AnswerBuilder(index),
             Acronyms.from_definitions(index.acronyms.values()),
+            lexicon,
         )
 
     @property
@@ -237,11 +256,29 @@ class QAService:
         if len(searched) != len(questions):
             raise ValueError("one query per question")
         texts = list(dict.fromkeys([*questions, *searched]))
-        encoded = dict(zip(texts, self._encode_spellings(texts), strict=True))
-        vectors = [encoded[q] for q in questions]
-        query_vectors = [encoded[q] for q in searched]
+        # Questions BM25 barely reads are also searched by their words' translations: the
+        # words are encoded in the same model call.
+        translated: list[str] = []
+        if state.lexicon is not None and mode == "hybrid":
+            coverage = state.retriever.lexical_coverage
+            translated = [
+                q for q in dict.fromkeys(searched) if coverage(q) < LEXICAL_SUPPORT_COVERAGE
+            ]
+        groups = [*(spellings(t) for t in texts), *(words_of(q) for q in translated)]
+        encoded = self._encode_groups(groups)
+        by_text = dict(zip(texts, encoded[: len(texts)], strict=True))
+        vectors = [by_text[q] for q in questions]
+        query_vectors = [by_text[q] for q in searched]
+        translations = None
+        if state.lexicon is not None and translated:
+            words = encoded[len(texts) :]
+            lexicon = state.lexicon
+            found = {q: lexicon.translate(q, v) for q, v in zip(translated, words, strict=True)}
+            translations = [found.get(q) for q in searched]
         k = top_k or self.top_k
-        hits = state.retriever.retrieve(searched, query_vectors, k, mode, filters, diversity)
+        hits = state.retriever.retrieve(
+            searched, query_vectors, k, mode, filters, diversity, translations
+        )
         answers = [
             state.answers.build(q, v, h, threshold)
             for q, v, h in zip(questions, vectors, hits, strict=True)
@@ -249,12 +286,11 @@ class QAService:
         took_ms = (time.perf_counter() - started) * 1000 / max(len(questions), 1)
         return [TimedAnswer(a, took_ms, state.index.documents) for a in answers]
 
-    def _encode_spellings(self, texts: Sequence[str]) -> list[Vectors]:
-        """One matrix per text: the vectors of its spellings (transliteration.py), encoded in one
-        model call."""
-        variants = [spellings(t) for t in texts]
-        flat = self._encode([v for vs in variants for v in vs])
-        bounds = np.cumsum([0, *(len(vs) for vs in variants)])
+    def _encode_groups(self, groups: Sequence[Sequence[str]]) -> list[Vectors]:
+        """One matrix per group of texts (a question's spellings, transliteration.py, or its
+        words), all encoded in one model call."""
+        flat = self._encode([t for group in groups for t in group])
+        bounds = np.cumsum([0, *(len(group) for group in groups)])
         return [flat[a:b] for a, b in itertools.pairwise(bounds)]
 
     def _encode(self, texts: Sequence[str]) -> Vectors:
@@ -278,14 +314,14 @@ class QAService:
         updater = self._require_updater()
         with self._writing():
             data, results = updater.write(self._state.index, items, mode)
-            self._state = self._new_state(data)
+            self._state = self._new_state(data, self._state)
         return results
 
     def remove_documents(self, ids: Sequence[str]) -> None:
         updater = self._require_updater()
         with self._writing():
             data = updater.remove(self._state.index, ids)
-            self._state = self._new_state(data)
+            self._state = self._new_state(data, self._state)
 
     def refresh(self) -> bool:
         """Take up a generation another process made current; true if there was one.
@@ -327,7 +363,7 @@ class QAService:
             return
         try:
             config = self._updater.index_config if self._updater else None
-            state = self._new_state(load_index(index_dir, config))
+            state = self._new_state(load_index(index_dir, config), self._state)
         except QAError as exc:
             logger.error("not taking up the index generation %s: %s", current, exc)
             raise
