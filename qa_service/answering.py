@@ -103,9 +103,7 @@ class AnswerBuilder:
     def build(
         self, question: str, question_vectors: Vectors, hits: list[Hit], threshold: float
     ) -> Answer:
-        # The best support among the results: for a question judged on its dense scores, the
-        # lexical order may put the densest passage below the first.
-        answerable = bool(hits) and max(h.support for h in hits) >= threshold
+        answerable = bool(hits) and hits[0].support >= threshold
         terms = content_terms(question)
         ranked = []
         answer_rank, answer_score = None, -np.inf

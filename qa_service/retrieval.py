@@ -28,10 +28,10 @@ its words, which BM25 searches instead, at the weight the translation sets.
 
 Each hit also carries its `support`, the score abstention compares with the threshold: the score
 itself, except in hybrid mode for a question BM25 reads less than half of. There the few words it
-reads, or their translations, still order the candidates, but whether to answer is judged on the
-rescaled dense score alone, as for a question BM25 cannot read at all: a stray or mistranslated
-word must not make an off-topic question look answerable, nor a weak match an answerable one
-look off-topic.
+reads, or their translations, still order the candidates, but whether to answer is judged as
+dense mode would judge it, on the best rescaled dense score among the candidates (every hit of
+the question carries it): a stray or mistranslated word must not make an off-topic question look
+answerable, nor a weak match an answerable one look off-topic.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ DIVERSITY_POOL = 3
 class Hit:
     passage: Passage
     score: float  # the mode's score: cosine, lexical share, or their weighted sum
-    support: float  # what abstention judges: the score, or the rescaled dense one (above)
+    support: float  # what abstention judges (of the first hit): the score, or see above
     dense_score: float | None = None
     lexical_score: float | None = None
     row: int = -1  # the passage's window in the index (the best one, for a merged passage)
@@ -295,7 +295,8 @@ class Retriever:
             lexical_weight = (1 - self.dense_weight) * coverage
             rescaled = (dense - self.scoring.floor) / (1 - self.scoring.floor)
             scores = (1 - lexical_weight) * rescaled + lexical_weight * lex
-            support = rescaled if dense_support else scores
+            # Judged as dense mode would judge it: on its best dense score among the candidates.
+            support = np.full_like(scores, rescaled.max()) if dense_support else scores
         # Best first, ties in candidate order; hits are made only as far as merging needs.
         hits = (
             Hit(
