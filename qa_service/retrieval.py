@@ -73,8 +73,8 @@ DENSE_SCORING: dict[str, DenseScoring] = {
     # the seed sets in every language (docs/evaluation.md).
     "intfloat/multilingual-e5-small": DenseScoring(sentence_evidence=False, floor=0.7),
 }
-# Below this lexical coverage, lexical fusion orders the candidates but a hit's support is its
-# dense score (measured on the seed sets in four languages, docs/evaluation.md).
+# Below this lexical coverage, lexical fusion orders the candidates but abstention is judged on
+# the best dense score (measured on the seed sets in four languages, docs/evaluation.md).
 LEXICAL_SUPPORT_COVERAGE = 0.5
 # Candidates each retriever contributes per passage asked for: room for overlap removal.
 CANDIDATE_FACTOR = 4
