@@ -36,7 +36,7 @@ MIN_COSINE = 0.88
 # A translated word counts as this share of a word BM25 reads itself (0.4 gained less on the
 # seed sets, 0.6 or more lost the gain).
 TRANSLATED_WEIGHT = 0.5
-# The corpus's most frequent words are encoded, at most this many (the default corpus has 719).
+# The corpus's most frequent words are encoded, at most this many (the default corpus has 718).
 MAX_WORDS = 20_000
 _WORD = re.compile(r"[^\W\d_]{3,}")  # words of three letters or more
 
