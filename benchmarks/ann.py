@@ -33,11 +33,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._server import SHARED_EVAL, rss_mib  # noqa: E402
 from embeddings import VectorIndex, load_encoder  # noqa: E402
 from embeddings.index import IndexConfig  # noqa: E402
-from qa_service.chunking import PassageSplitter  # noqa: E402
+from qa_service.corpus.chunking import PassageSplitter  # noqa: E402
 from qa_service.errors import QAError  # noqa: E402
 from qa_service.evaluation.datasets import available_splits, load_beir  # noqa: E402
 from qa_service.evaluation.runner import benchmark_index  # noqa: E402
-from qa_service.store import IndexData, load_index, read_manifest  # noqa: E402
+from qa_service.index.store import IndexData, load_index, read_manifest  # noqa: E402
 
 CACHE = ROOT / ".qa-index" / "eval-cache"
 K = 10

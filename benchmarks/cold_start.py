@@ -32,18 +32,18 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._server import rss_mib  # noqa: E402
 from embeddings import VectorIndex, load_encoder  # noqa: E402
+from embeddings.files import file_sha256  # noqa: E402
 from embeddings.index import IndexConfig  # noqa: E402
-from qa_service.acronyms import definitions  # noqa: E402
-from qa_service.chunking import Passage, PassageSplitter, Span  # noqa: E402
 from qa_service.config import Settings  # noqa: E402
-from qa_service.documents import Document  # noqa: E402
-from qa_service.fingerprint import MEMO_FILE, corpus_files, fingerprint_of  # noqa: E402
-from qa_service.indexing import build_index, passage_settings  # noqa: E402
-from qa_service.lexical import LexicalIndex  # noqa: E402
-from qa_service.store import (  # noqa: E402
+from qa_service.corpus.acronyms import definitions  # noqa: E402
+from qa_service.corpus.chunking import Passage, PassageSplitter, Span  # noqa: E402
+from qa_service.corpus.documents import Document  # noqa: E402
+from qa_service.corpus.fingerprint import MEMO_FILE, corpus_files, fingerprint_of  # noqa: E402
+from qa_service.index.build import IndexSpec, build_index, passage_settings  # noqa: E402
+from qa_service.index.lexical import LexicalIndex  # noqa: E402
+from qa_service.index.store import (  # noqa: E402
     IndexData,
     current_generation,
-    file_sha256,
     load_index,
     new_manifest,
     read_manifest,
@@ -216,7 +216,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="qa-bench-cold-") as tmp:
         index_dir = Path(tmp) / "default-index"
         encoder = load_encoder()
-        _, built = build_index(ROOT / "corpus", index_dir, encoder, PassageSplitter(encoder, 96, 1))
+        spec = IndexSpec(ROOT / "corpus", index_dir, encoder, PassageSplitter(encoder, 96, 1))
+        _, built = build_index(spec)
         print(f"default corpus: {built.documents} documents, {built.passages} passages")
         report("default corpus", ROOT / "corpus", index_dir, args.runs)
         load_breakdown(ROOT / "corpus", index_dir)

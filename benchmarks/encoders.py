@@ -73,8 +73,8 @@ def main() -> None:
 
     from embeddings import DEFAULT_MODEL, Encoder, load_encoder
     from embeddings.onnx import OnnxEncoder
-    from qa_service.chunking import PassageSplitter
-    from qa_service.documents import load_corpus
+    from qa_service.corpus.chunking import PassageSplitter
+    from qa_service.corpus.documents import load_corpus
 
     work = Path(tempfile.mkdtemp(prefix="qa-bench-encoders-"))
     cache = work / "models"
@@ -152,9 +152,10 @@ def main() -> None:
 
 
 def scifact(encoders: dict[str, Any], split: str) -> None:
-    from qa_service.chunking import WholeDocumentSplitter
+    from qa_service.corpus.chunking import WholeDocumentSplitter
     from qa_service.evaluation.datasets import load_beir
     from qa_service.evaluation.runner import EvalOptions, evaluate_benchmark
+    from qa_service.query.pipeline import AskOptions
 
     benchmark = load_beir(SCIFACT, split, " ")  # MTEB joins title and text with a space
     print(f"\nSciFact {split}: {len(benchmark.documents)} documents, "
@@ -163,7 +164,7 @@ def scifact(encoders: dict[str, Any], split: str) -> None:
         started = time.perf_counter()
         report = evaluate_benchmark(
             benchmark, encoder, WholeDocumentSplitter(encoder), None,
-            EvalOptions(ask_options={"mode": "dense"}),
+            EvalOptions(AskOptions(mode="dense")),
         )  # fmt: skip
         print(
             f"{backend:<10} nDCG@10 {report.metrics['ndcg@10']:.4f}   "

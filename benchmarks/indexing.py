@@ -73,7 +73,8 @@ def _index_child(corpus: Path, index_dir: Path, out: Path) -> None:
     import numpy as np
 
     import qa_service.cli.main as cli
-    import qa_service.indexing as ix
+    import qa_service.index.build as ix
+    import qa_service.service as service
 
     imported = time.perf_counter() - started
     seconds: dict[str, float] = defaultdict(float)
@@ -118,7 +119,7 @@ def _index_child(corpus: Path, index_dir: Path, out: Path) -> None:
         encoder.encode_in_context = counted(encode_in_context)
         return encoder
 
-    make_splitter = cli.make_splitter
+    make_splitter = service.make_splitter
 
     def timed_splitter(settings: Any, encoder: Any) -> Any:
         splitter = make_splitter(settings, encoder)
@@ -137,7 +138,7 @@ def _index_child(corpus: Path, index_dir: Path, out: Path) -> None:
         build = classmethod(timed("FAISS index", ix.VectorIndex.build.__func__))
 
     cli.load_configured_encoder = timed_encoder
-    cli.make_splitter = timed_splitter
+    service.make_splitter = timed_splitter
     cli.ProgressBars = Bars
     ix.LexicalIndex, ix.VectorIndex = Lexical, Vectors
     ix.corpus_files = timed("hashing the corpus files", ix.corpus_files)
@@ -149,7 +150,7 @@ def _index_child(corpus: Path, index_dir: Path, out: Path) -> None:
     cli.app(["index", "--corpus-dir", str(corpus), "--index-dir", str(index_dir)],
             standalone_mode=False)  # fmt: skip
     command = time.perf_counter() - t0
-    from qa_service.store import load_index
+    from qa_service.index.store import load_index
 
     data = load_index(index_dir)
     unit_vectors = data.unit_vectors if data.unit_vectors is not None else np.empty((0, 0))
@@ -206,7 +207,7 @@ def scifact_corpus(folder: Path, documents: int) -> Path:
 
 
 def measure(name: str, corpus: Path, work: Path) -> None:
-    from qa_service.store import load_index
+    from qa_service.index.store import load_index
 
     here = str(Path(__file__).resolve())
     index_dir = work / "index"

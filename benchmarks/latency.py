@@ -42,9 +42,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from qa_service.config import Settings
-    from qa_service.indexing import build_index
-    from qa_service.service import load_configured_encoder, make_splitter
-    from qa_service.store import load_index
+    from qa_service.index.build import build_index
+    from qa_service.index.store import load_index
+    from qa_service.service import index_spec, load_configured_encoder
 
     questions = read_questions(QUESTIONS)
     work = Path(tempfile.mkdtemp(prefix="qa-bench-"))
@@ -52,9 +52,7 @@ def main() -> None:
 
     encoder = load_configured_encoder(settings)
     started = time.perf_counter()
-    _, report = build_index(
-        settings.corpus_dir, settings.index_dir, encoder, make_splitter(settings, encoder)
-    )
+    _, report = build_index(index_spec(settings, encoder))
     build_seconds = time.perf_counter() - started
 
     # The floor: the bare encoder (torch or ONNX, as configured) and a bare FAISS index over the

@@ -177,8 +177,8 @@ def bare_batched_throughput(index_dir: Path, questions: list[str], seconds: floa
     """Questions/s of the bare model encoding batches of 64 plus an exact FAISS search, with the
     encoder the server runs (the configured backend, its export cached in the index folder)."""
     from qa_service.config import Settings
+    from qa_service.index.store import load_index
     from qa_service.service import load_configured_encoder
-    from qa_service.store import load_index
 
     encoder = load_configured_encoder(Settings(index_dir=index_dir))
     index = load_index(index_dir)

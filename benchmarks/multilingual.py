@@ -23,12 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
+from qa_service.query.pipeline import AskOptions
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from embeddings import DEFAULT_MODEL, E5_MODEL, load_encoder  # noqa: E402
 from qa_service.config import Settings  # noqa: E402
-from qa_service.indexing import build_index  # noqa: E402
+from qa_service.index.build import IndexSpec, build_index  # noqa: E402
 from qa_service.service import QAService, make_splitter  # noqa: E402
 
 MODEL_CACHE = Path(tempfile.gettempdir()) / "qa-bench-models"
@@ -74,7 +76,8 @@ def measure(model: str, corpus: Path, rounds: int, asked: list[str]) -> None:
 
             return update
 
-        data, report = build_index(corpus, settings.index_dir, encoder, splitter, 32, progress)
+        spec = IndexSpec(corpus, settings.index_dir, encoder, splitter)
+        data, report = build_index(spec, progress)
         service = QAService(encoder, data, None, 5)
         for q in asked[:3]:  # warm up
             service.ask(q)
@@ -86,7 +89,7 @@ def measure(model: str, corpus: Path, rounds: int, asked: list[str]) -> None:
                 encoder.encode_queries([q])
                 encode_ms.append((time.perf_counter() - t0) * 1000)
                 t0 = time.perf_counter()
-                service.ask(q, mode="hybrid")
+                service.ask(q, AskOptions(mode="hybrid"))
                 ask_ms.append((time.perf_counter() - t0) * 1000)
     print(f"== {model}")
     print(f"load: {load_seconds:.2f} s; corpus: {report.documents} documents, {report.passages} "

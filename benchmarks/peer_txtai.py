@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qa_service.query.pipeline import AskOptions
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VENV = ROOT / "benchmarks" / ".venv-txtai"
 TORCH = "torch==2.13.0"  # the CPU wheel on this machine's disk; an unpinned one is a CUDA build
@@ -291,9 +293,9 @@ def main() -> None:
 
     from qa_service.config import Settings
     from qa_service.evaluation.runner import contains_answer
-    from qa_service.indexing import build_index
+    from qa_service.index.build import IndexSpec, build_index
+    from qa_service.index.store import load_index
     from qa_service.service import QAService, load_configured_encoder, make_splitter
-    from qa_service.store import load_index
 
     dev_path = SHARED_EVAL / "seed_dev_questions.jsonl"
     extra_path = ROOT / "eval" / "seed_extra_questions.jsonl"
@@ -337,7 +339,9 @@ def main() -> None:
         for b in range(args.builds):
             settings = Settings(corpus_dir=corpus, index_dir=work / f"ours-{b}")
             t0 = time.perf_counter()
-            build_index(corpus, settings.index_dir, encoder, make_splitter(settings, encoder))
+            build_index(
+                IndexSpec(corpus, settings.index_dir, encoder, make_splitter(settings, encoder))
+            )
             our_index_s.append(time.perf_counter() - t0)
             built = worker("index", passages=passages, index_dir=str(work / "txtai"))
             their_index_s.append(built["index_s"] + built["save_s"])
@@ -346,7 +350,7 @@ def main() -> None:
         # In-process queries, question by question in turn: ours hybrid, ours dense, txtai.
         service = QAService.from_settings(settings, encoder)
         for q in questions[:3]:
-            service.ask(q, TOP_K)
+            service.ask(q, AskOptions(top_k=TOP_K))
             worker("search", question=q)
         ours_ms: dict[str, list[float]] = {m: [] for m in modes}
         their_ms: list[float] = []
@@ -354,7 +358,7 @@ def main() -> None:
             for q in questions:
                 for mode in modes:
                     t0 = time.perf_counter()
-                    service.ask(q, TOP_K, mode=mode)
+                    service.ask(q, AskOptions(top_k=TOP_K, mode=mode))
                     ours_ms[mode].append((time.perf_counter() - t0) * 1000)
                 their_ms.append(worker("search", question=q)["ms"])
         ours_batch_s: dict[str, list[float]] = {m: [] for m in modes}
@@ -362,12 +366,12 @@ def main() -> None:
         for _ in range(args.rounds):
             for mode in modes:
                 t0 = time.perf_counter()
-                service.ask_many(questions, TOP_K, mode=mode)
+                service.ask_many(questions, AskOptions(top_k=TOP_K, mode=mode))
                 ours_batch_s[mode].append(time.perf_counter() - t0)
             their_batch_s.append(worker("batch", questions=questions)["seconds"])
         ours_top = {
             mode: [[p.hit.passage.text for p in a.answer.passages] for a in
-                   service.ask_many(questions, TOP_K, mode=mode)]
+                   service.ask_many(questions, AskOptions(top_k=TOP_K, mode=mode))]
             for mode in modes
         }  # fmt: skip
         top = worker("top", questions=questions)

@@ -36,7 +36,7 @@ def measure(way: str, count: int) -> None:
     import numpy as np
     from tokenizers import Tokenizer
 
-    from embeddings.encoder import resolve_model
+    from embeddings.factory import resolve_model
     from embeddings.onnx import _TOKENIZE_SLICE
 
     folder = resolve_model("sentence-transformers/all-MiniLM-L6-v2").path

@@ -42,11 +42,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from qa_service.config import Settings
-    from qa_service.documents import Document
-    from qa_service.indexing import build_index, update_index
+    from qa_service.corpus.documents import Document
+    from qa_service.index.build import IndexSpec, build_index
+    from qa_service.index.store import save_index
+    from qa_service.index.update import update_index
+    from qa_service.index.writes import NewDocument
     from qa_service.service import QAService, load_configured_encoder, make_splitter
-    from qa_service.store import save_index
-    from qa_service.updates import NewDocument
 
     work = Path(tempfile.mkdtemp(prefix="qa-bench-updates-"))
     corpus = work / "corpus"
@@ -77,9 +78,8 @@ def main() -> None:
     print(f"corpus: {used} SciFact abstracts, {passages} passages; work folder {work}")
     print(f"cores: torch threads {__import__('torch').get_num_threads()}")
 
-    (data, report), full_seconds = timed(
-        build_index, corpus, settings.index_dir, encoder, splitter, settings.batch_size
-    )
+    spec = IndexSpec(corpus, settings.index_dir, encoder, splitter, settings.batch_size)
+    (data, report), full_seconds = timed(build_index, spec)
     units = sum(len(u) for u in data.units.values())
     print(f"full rebuild (no cache):            {full_seconds:8.2f} s  "
           f"({report.passages} passages, {units} sentences encoded)")  # fmt: skip
@@ -119,9 +119,7 @@ def main() -> None:
 
     # `qa index` after one file changed: everything but that file comes from the cache.
     (corpus / "sf-new.txt").write_text(typical_text)
-    _, cached_seconds = timed(
-        build_index, corpus, settings.index_dir, encoder, splitter, settings.batch_size
-    )
+    _, cached_seconds = timed(build_index, spec)
 
     def line(name: str, values: list[float]) -> str:
         return (f"{name:<36}{statistics.median(values):8.3f} s  "

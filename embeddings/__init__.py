@@ -1,16 +1,15 @@
 """Models and vectors: loading an embedding model offline, encoding, and the FAISS index."""
 
-from embeddings.encoder import (
+from embeddings.base import (
     DEFAULT_MODEL,
     E5_MODEL,
-    ENCODER_BACKENDS,
     Encoder,
-    EncoderBackend,
     ModelNotAvailableError,
+    Span,
     Vectors,
-    load_encoder,
 )
-from embeddings.index import IndexFormatError, VectorIndex
+from embeddings.factory import ENCODER_BACKENDS, EncoderBackend, load_encoder
+from embeddings.index import IndexConfig, IndexFormatError, VectorIndex
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -18,8 +17,10 @@ __all__ = [
     "ENCODER_BACKENDS",
     "Encoder",
     "EncoderBackend",
+    "IndexConfig",
     "IndexFormatError",
     "ModelNotAvailableError",
+    "Span",
     "VectorIndex",
     "Vectors",
     "load_encoder",

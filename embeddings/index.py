@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from embeddings.encoder import Vectors
+from embeddings.base import Vectors
 
 Ids = npt.NDArray[np.int64]
 Kind = Literal["flat", "hnsw"]

@@ -18,7 +18,6 @@ so neither a crash during an export nor a damaged file is ever loaded.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -27,7 +26,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -35,8 +34,9 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from embeddings.durable import replace_file
-from embeddings.encoder import ModelNotAvailableError, Span, Vectors, span_means
+from embeddings.base import ModelNotAvailableError, Span, Vectors, span_means
+from embeddings.files import locked as file_lock
+from embeddings.files import replace_file
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def load_or_export(
         return cached, False
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Another process (a server starting beside `qa index`) may be exporting the same file.
-    with contextlib.nullcontext() if locked else _file_lock(cache_dir / ".lock"):
+    with contextlib.nullcontext() if locked else file_lock(cache_dir / ".lock"):
         cached = _read_verified(target)
         if cached is not None:
             return cached, False
@@ -229,16 +229,6 @@ def _remove_superseded(target: Path) -> None:
         if path.name not in (target.name, _sidecar(target).name):
             with contextlib.suppress(OSError):
                 path.unlink()
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _export(folder: ModelFolder, model_name: str, precision: Precision, cache_dir: Path) -> bytes:

@@ -10,9 +10,11 @@ from limits import parse_many
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from embeddings.encoder import DEFAULT_MODEL, EncoderBackend
+from embeddings.base import DEFAULT_MODEL
+from embeddings.factory import EncoderBackend
 from embeddings.index import DEFAULT_ANN_THRESHOLD, IndexConfig
-from qa_service.retrieval import DENSE_WEIGHT, Mode
+from qa_service.models import Mode
+from qa_service.query.retrieval import DENSE_WEIGHT
 
 
 class Settings(BaseSettings):

@@ -63,9 +63,5 @@ class StorageError(QAError, OSError):
     """The corpus or index folder cannot be written (permissions, a full disk)."""
 
 
-class AuthenticationError(QAError):
-    """No API key, or a wrong one, for an endpoint that needs one."""
-
-
-class WritesDisabledError(QAError):
-    """No write API key is configured, so nobody may write."""
+class ReadOnlyError(QAError):
+    """A write to a service that serves an index it has no folder to write to (an evaluation's)."""

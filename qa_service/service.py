@@ -1,58 +1,42 @@
-"""The question-answering service that the API and the CLI both drive.
+"""The question-answering service that the API and the CLI both drive: a thin facade over the
+query pipeline and the document writer.
 
-Its live state (the index, the retriever and the answer builder over it) is one immutable
-`_State`, replaced by a single reference assignment once a write's new generation is durable.
-A question reads the state once, so it sees the index wholly before or wholly after a write.
+Its live state is one immutable `QueryPipeline` over one index generation, replaced by a single
+reference assignment once a write's new generation is durable. A question reads it once, so it
+sees the index wholly before or wholly after a write.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
 
 from embeddings import Encoder, Vectors, load_encoder
 from embeddings.batching import QueryBatcher, QueueTimeoutError
-from qa_service.acronyms import Acronyms
-from qa_service.answering import Answer, AnswerBuilder, min_score_for
-from qa_service.chunking import PassageSplitter
 from qa_service.config import Settings
-from qa_service.documents import Document
+from qa_service.corpus.chunking import PassageSplitter
+from qa_service.corpus.documents import Document
 from qa_service.errors import (
     DocumentNotFoundError,
     IndexBusyError,
-    IndexNotFoundError,
     IndexStaleError,
     QAError,
+    ReadOnlyError,
     ServiceBusyError,
-    WritesDisabledError,
 )
-from qa_service.indexing import ProgressFactory, build_index, stale_reasons
-from qa_service.lexicon import MODELS as LEXICON_MODELS
-from qa_service.lexicon import Lexicon, words_of
-from qa_service.retrieval import (
-    DENSE_WEIGHT,
-    LEXICAL_SUPPORT_COVERAGE,
-    Filters,
-    Mode,
-    Retriever,
-)
-from qa_service.store import (
-    IndexData,
-    current_generation_name,
-    index_lock,
-    load_index,
-    read_manifest,
-)
-from qa_service.transliteration import spellings
-from qa_service.updates import DocumentUpdater, NewDocument, WriteMode, WriteResult
+from qa_service.index.build import IndexSpec
+from qa_service.index.encode import ProgressFactory
+from qa_service.index.staleness import ensure_index
+from qa_service.index.store import IndexData, current_generation_name, index_lock, load_index
+from qa_service.index.writes import DocumentUpdater, NewDocument, WriteMode, WriteResult
+from qa_service.models import Mode, profile_for
+from qa_service.query.answering import Answer
+from qa_service.query.pipeline import AskOptions, QueryPipeline
+from qa_service.query.retrieval import DENSE_WEIGHT
 
 logger = logging.getLogger(__name__)
 
@@ -69,15 +53,6 @@ class TimedAnswer:
     documents: dict[str, Document]
 
 
-@dataclass(frozen=True)
-class _State:
-    index: IndexData
-    retriever: Retriever
-    answers: AnswerBuilder
-    acronyms: Acronyms
-    lexicon: Lexicon | None  # for multilingual models (lexicon.py)
-
-
 def load_configured_encoder(settings: Settings) -> Encoder:
     """The configured model on the configured backend; an ONNX export is cached beside the
     index, in `<index_dir>/models`."""
@@ -90,40 +65,19 @@ def make_splitter(settings: Settings, encoder: Encoder) -> PassageSplitter:
     )
 
 
-def ensure_index(
+def index_spec(settings: Settings, encoder: Encoder) -> IndexSpec:
+    return IndexSpec(
+        settings.corpus_dir, settings.index_dir, encoder, make_splitter(settings, encoder),
+        settings.batch_size, settings.index_config(),
+    )  # fmt: skip
+
+
+def ensure_configured_index(
     settings: Settings, encoder: Encoder, progress: ProgressFactory | None = None
 ) -> IndexData:
-    """Load the index, building it first when there is none or it no longer fits the settings."""
-    splitter = make_splitter(settings, encoder)
-
-    def rebuild() -> IndexData:
-        return build_index(
-            settings.corpus_dir, settings.index_dir, encoder, splitter, settings.batch_size,
-            progress, settings.index_config(),
-        )[0]  # fmt: skip
-
-    # Under the lock: no write lands between the check and the load, and no writer deletes
-    # the generation being read.
-    with index_lock(settings.index_dir):
-        try:
-            manifest = read_manifest(settings.index_dir)
-        except IndexNotFoundError:
-            logger.info("no index in %s yet: building it from %s", settings.index_dir,
-                        settings.corpus_dir)  # fmt: skip
-            return rebuild()
-        reasons = stale_reasons(
-            manifest, encoder, splitter, settings.corpus_dir, settings.index_config(),
-            settings.index_dir,
-        )  # fmt: skip
-        if reasons:
-            if not settings.rebuild_stale_index:
-                raise IndexStaleError(
-                    f"the index in {settings.index_dir} is out of date: {'; '.join(reasons)}. "
-                    "Run `qa index` to rebuild it."
-                )
-            logger.warning("rebuilding the index: %s", "; ".join(reasons))
-            return rebuild()
-        return load_index(settings.index_dir, settings.index_config())
+    """The configured index, built first if there is none, rebuilt (or refused, with
+    QA_REBUILD_STALE_INDEX=false) if it no longer fits the settings."""
+    return ensure_index(index_spec(settings, encoder), settings.rebuild_stale_index, progress)
 
 
 class QAService:
@@ -145,7 +99,7 @@ class QAService:
         """
         self.encoder = encoder
         self.dense_weight = dense_weight
-        self._state = self._new_state(index)
+        self._pipeline = self._new_pipeline(index)
         # Seconds it took `from_settings` to load the model and the index ("model", "index").
         self.load_seconds: dict[str, float] = {}
         self.top_k = top_k
@@ -156,33 +110,20 @@ class QAService:
         self._updater = updater
         self._write_lock = threading.Lock()  # in-process writers; `index_lock` across processes
 
-    def _new_state(self, index: IndexData, previous: _State | None = None) -> _State:
+    def _new_pipeline(
+        self, index: IndexData, previous: QueryPipeline | None = None
+    ) -> QueryPipeline:
         if index.manifest.model != self.encoder.name:
             raise IndexStaleError(
                 f"index built with {index.manifest.model} cannot be queried with "
                 f"{self.encoder.name}"
             )
-        lexicon = None
-        if self.encoder.name in LEXICON_MODELS:
-            started = time.perf_counter()
-            known = previous.lexicon if previous is not None else None
-            lexicon = Lexicon.build(index.documents.values(), self.encoder.encode_queries, known)
-            logger.info(
-                "lexicon of %d words ready in %.1f s",
-                len(lexicon.words), time.perf_counter() - started,
-            )  # fmt: skip
-        return _State(
-            index,
-            Retriever(index, self.dense_weight),
-            AnswerBuilder(index),
-            Acronyms.from_definitions(index.acronyms.values()),
-            lexicon,
-        )
+        return QueryPipeline(index, self.encoder.encode_queries, self.dense_weight, previous)
 
     @property
     def index(self) -> IndexData:
         """The live index; read it once per use, as a write may replace it at any time."""
-        return self._state.index
+        return self._pipeline.index
 
     @classmethod
     def from_settings(
@@ -194,11 +135,8 @@ class QAService:
         started = time.perf_counter()
         loaded = encoder or load_configured_encoder(settings)
         model_seconds = time.perf_counter() - started
-        index = ensure_index(settings, loaded, progress)
-        updater = DocumentUpdater(
-            settings.corpus_dir, settings.index_dir, loaded, make_splitter(settings, loaded),
-            settings.batch_size, settings.index_config(),
-        )  # fmt: skip
+        index = ensure_configured_index(settings, loaded, progress)
+        updater = DocumentUpdater(index_spec(settings, loaded))
         service = cls(
             loaded, index, settings.min_score, settings.top_k, settings.mode,
             settings.dense_weight, updater, settings.max_wait_seconds,
@@ -216,82 +154,38 @@ class QAService:
     def threshold(self, mode: Mode | None = None) -> float:
         if self._min_score is not None:
             return self._min_score
-        return min_score_for(self.encoder.name, mode or self.mode)
+        return profile_for(self.encoder.name).min_score[mode or self.mode]
 
     def ask(
-        self,
-        question: str,
-        top_k: int | None = None,
-        min_score: float | None = None,
-        mode: Mode | None = None,
-        filters: Filters | None = None,
-        query: str | None = None,
-        diversity: float = 0.0,
+        self, question: str, options: AskOptions | None = None, query: str | None = None
     ) -> TimedAnswer:
-        queries = None if query is None or query == question else [query]
-        return self.ask_many([question], top_k, min_score, mode, filters, queries, diversity)[0]
+        """Answer one question; `query`, when given, is what to search for it (a follow-up
+        together with the questions before it)."""
+        return self.ask_many([question], options, None if query is None else [query])[0]
 
     def ask_many(
         self,
         questions: Sequence[str],
-        top_k: int | None = None,
-        min_score: float | None = None,
-        mode: Mode | None = None,
-        filters: Filters | None = None,
+        options: AskOptions | None = None,
         queries: Sequence[str] | None = None,
-        diversity: float = 0.0,
     ) -> list[TimedAnswer]:
-        """Answer several questions with one model call; `took_ms` is each one's share.
-
-        `queries`, when given, is what to search for each question (a follow-up together with
-        the questions before it); the answer sentence is still chosen for the question itself.
-        """
+        """Answer several questions with one model call; `took_ms` is each one's share."""
         started = time.perf_counter()
-        state = self._state  # one snapshot for the whole call
-        mode = mode or self.mode
-        threshold = self.threshold(mode) if min_score is None else min_score
-        # What is searched: the question (or the follow-up's query) with the acronyms it uses
-        # spelled out; the answer sentence is chosen for the question as asked.
-        searched = [state.acronyms.expand(q) for q in (queries or questions)]
-        if len(searched) != len(questions):
-            raise ValueError("one query per question")
-        texts = list(dict.fromkeys([*questions, *searched]))
-        # Questions BM25 barely reads are also searched by their words' translations: the
-        # words are encoded in the same model call.
-        translated: list[str] = []
-        if state.lexicon is not None and mode == "hybrid":
-            coverage = state.retriever.lexical_coverage
-            translated = [
-                q for q in dict.fromkeys(searched) if coverage(q) < LEXICAL_SUPPORT_COVERAGE
-            ]
-        groups = [*(spellings(t) for t in texts), *(words_of(q) for q in translated)]
-        encoded = self._encode_groups(groups)
-        by_text = dict(zip(texts, encoded[: len(texts)], strict=True))
-        vectors = [by_text[q] for q in questions]
-        query_vectors = [by_text[q] for q in searched]
-        translations = None
-        if state.lexicon is not None and translated:
-            words = encoded[len(texts) :]
-            lexicon = state.lexicon
-            found = {q: lexicon.translate(q, v) for q, v in zip(translated, words, strict=True)}
-            translations = [found.get(q) for q in searched]
-        k = top_k or self.top_k
-        hits = state.retriever.retrieve(
-            searched, query_vectors, k, mode, filters, diversity, translations
+        options = options or AskOptions()
+        pipeline = self._pipeline  # one snapshot for the whole call
+        mode = options.mode or self.mode
+        answers = pipeline.run(
+            questions,
+            questions if queries is None else queries,
+            self._encode,
+            k=options.top_k or self.top_k,
+            mode=mode,
+            threshold=self.threshold(mode) if options.min_score is None else options.min_score,
+            filters=options.filters,
+            diversity=options.diversity,
         )
-        answers = [
-            state.answers.build(q, v, h, threshold)
-            for q, v, h in zip(questions, vectors, hits, strict=True)
-        ]
         took_ms = (time.perf_counter() - started) * 1000 / max(len(questions), 1)
-        return [TimedAnswer(a, took_ms, state.index.documents) for a in answers]
-
-    def _encode_groups(self, groups: Sequence[Sequence[str]]) -> list[Vectors]:
-        """One matrix per group of texts (a question's spellings, transliteration.py, or its
-        words), all encoded in one model call."""
-        flat = self._encode([t for group in groups for t in group])
-        bounds = np.cumsum([0, *(len(group) for group in groups)])
-        return [flat[a:b] for a, b in itertools.pairwise(bounds)]
+        return [TimedAnswer(a, took_ms, pipeline.index.documents) for a in answers]
 
     def _encode(self, texts: Sequence[str]) -> Vectors:
         try:
@@ -313,15 +207,15 @@ class QAService:
         """Add documents (`create`), or add or replace them (`upsert`)."""
         updater = self._require_updater()
         with self._writing():
-            data, results = updater.write(self._state.index, items, mode)
-            self._state = self._new_state(data, self._state)
+            data, results = updater.write(self.index, items, mode)
+            self._pipeline = self._new_pipeline(data, self._pipeline)
         return results
 
     def remove_documents(self, ids: Sequence[str]) -> None:
         updater = self._require_updater()
         with self._writing():
-            data = updater.remove(self._state.index, ids)
-            self._state = self._new_state(data, self._state)
+            data = updater.remove(self.index, ids)
+            self._pipeline = self._new_pipeline(data, self._pipeline)
 
     def refresh(self) -> bool:
         """Take up a generation another process made current; true if there was one.
@@ -330,8 +224,8 @@ class QAService:
         """
         if self._updater is None:
             return False
-        index_dir = self._updater.index_dir
-        if current_generation_name(index_dir) in (None, self._state.index.generation):
+        index_dir = self._updater.spec.index_dir
+        if current_generation_name(index_dir) in (None, self.index.generation):
             return False
         try:
             with self._writing(timeout=0.5):
@@ -342,7 +236,7 @@ class QAService:
 
     def _require_updater(self) -> DocumentUpdater:
         if self._updater is None:
-            raise WritesDisabledError("this service has no index folder to write to")
+            raise ReadOnlyError("this service has no index folder to write to")
         return self._updater
 
     @contextmanager
@@ -351,24 +245,25 @@ class QAService:
         if not self._write_lock.acquire(timeout=timeout):
             raise IndexBusyError("another write is in progress; try again shortly")
         try:
-            with index_lock(updater.index_dir, timeout=timeout):
-                self._reload_if_replaced(updater.index_dir)
+            with index_lock(updater.spec.index_dir, timeout=timeout):
+                self._reload_if_replaced(updater.spec)
                 yield
         finally:
             self._write_lock.release()
 
-    def _reload_if_replaced(self, index_dir: Path) -> None:
-        current = current_generation_name(index_dir)
-        if current is None or current == self._state.index.generation:
+    def _reload_if_replaced(self, spec: IndexSpec) -> None:
+        current = current_generation_name(spec.index_dir)
+        if current is None or current == self.index.generation:
             return
         try:
-            config = self._updater.index_config if self._updater else None
-            state = self._new_state(load_index(index_dir, config), self._state)
+            pipeline = self._new_pipeline(
+                load_index(spec.index_dir, spec.index_config), self._pipeline
+            )
         except QAError as exc:
             logger.error("not taking up the index generation %s: %s", current, exc)
             raise
         logger.info("took up index generation %s, written by another process", current)
-        self._state = state
+        self._pipeline = pipeline
 
     def document(self, document_id: str) -> Document:
         try:

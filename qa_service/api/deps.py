@@ -12,7 +12,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from qa_service.errors import AuthenticationError, ServiceNotReadyError, WritesDisabledError
+from qa_service.api.errors import AuthenticationError, WritesDisabledError
+from qa_service.errors import ServiceNotReadyError
 from qa_service.service import QAService
 
 

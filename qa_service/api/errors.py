@@ -14,7 +14,6 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from qa_service.errors import (
-    AuthenticationError,
     DocumentExistsError,
     DocumentNotFoundError,
     IndexBusyError,
@@ -24,14 +23,23 @@ from qa_service.errors import (
     InvalidDocumentError,
     LastDocumentError,
     QAError,
+    ReadOnlyError,
     ServiceBusyError,
     ServiceNotReadyError,
     StorageError,
     UnsupportedDocumentTypeError,
-    WritesDisabledError,
 )
 
 logger = logging.getLogger(__name__)
+
+
+class AuthenticationError(QAError):
+    """No API key, or a wrong one, for an endpoint that needs one."""
+
+
+class WritesDisabledError(QAError):
+    """No write API key is configured, so nobody may write."""
+
 
 STATUS_FOR: dict[type[QAError], int] = {
     DocumentNotFoundError: 404,
@@ -43,6 +51,7 @@ STATUS_FOR: dict[type[QAError], int] = {
     IndexBusyError: 503,
     AuthenticationError: 401,
     WritesDisabledError: 403,
+    ReadOnlyError: 403,
     DocumentExistsError: 409,
     LastDocumentError: 409,
     UnsupportedDocumentTypeError: 415,

@@ -7,10 +7,12 @@ from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from qa_service.answering import Answer
-from qa_service.conversation import Role, Turn
-from qa_service.documents import Document
-from qa_service.retrieval import Filters, Mode
+from qa_service.corpus.documents import Document
+from qa_service.models import Mode
+from qa_service.query.answering import Answer
+from qa_service.query.conversation import Role, Turn
+from qa_service.query.pipeline import AskOptions
+from qa_service.query.retrieval import Filters
 
 MAX_QUESTION_CHARS = 2000
 MAX_TOP_K = 50
@@ -84,6 +86,10 @@ class RetrievalOptions(BaseModel):
         "relevance, trading score for difference from the passages already picked (0.3 is a "
         "mild setting), so near-duplicate passages give way to other evidence.",
     )
+
+    def options(self) -> AskOptions:
+        filters = self.filters.to_filters() if self.filters else None
+        return AskOptions(self.top_k, self.min_score, self.mode, filters, self.diversity)
 
 
 class AskRequest(RetrievalOptions):

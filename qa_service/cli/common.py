@@ -16,7 +16,7 @@ from tqdm import tqdm
 from embeddings import ModelNotAvailableError
 from qa_service.config import Settings
 from qa_service.errors import QAError
-from qa_service.indexing import Progress
+from qa_service.index.encode import Progress
 from qa_service.service import QAService
 
 out = Console(highlight=False)

@@ -7,6 +7,8 @@ import json
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -18,14 +20,18 @@ from qa_service.cli.common import (
     CorpusOpt,
     IndexOpt,
     ModelOpt,
+    ProgressBars,
     fail,
-    load_service,
     out,
     settings_from_flags,
     user_errors,
 )
-from qa_service.documents import id_from_filename
-from qa_service.updates import NewDocument
+from qa_service.config import Settings
+from qa_service.corpus.documents import id_from_filename
+from qa_service.errors import DocumentExistsError
+from qa_service.index.store import IndexData, index_lock
+from qa_service.index.writes import DocumentUpdater, NewDocument
+from qa_service.service import ensure_configured_index, index_spec, load_configured_encoder
 
 UrlOpt = Annotated[
     str | None,
@@ -87,11 +93,13 @@ def add(
             _print_written(body["id"], body["passages"], "")
         return
     settings = settings_from_flags(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
-    service = load_service(settings)
-    with user_errors():
-        results = service.add_documents(
-            [(given, new) for given, new, _ in items], "upsert" if replace else "create"
-        )
+    with _writer(settings) as (writer, base):
+        try:
+            _, results = writer.write(
+                base, [(given, new) for given, new, _ in items], "upsert" if replace else "create"
+            )
+        except DocumentExistsError as exc:
+            fail(f"{exc}; --replace replaces it")
     for result in results:
         verb = "" if result.created else " (replaced)"
         _print_written(result.document.id, result.passages, verb)
@@ -112,10 +120,26 @@ def remove(
             out.print(f"Removed [bold]{escape(doc_id)}[/].")
         return
     settings = settings_from_flags(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
-    service = load_service(settings)
-    with user_errors():
-        service.remove_documents(ids)
+    with _writer(settings) as (writer, base):
+        writer.remove(base, ids)
     out.print(f"Removed {', '.join(f'[bold]{escape(i)}[/]' for i in ids)}.")
+
+
+@contextmanager
+def _writer(settings: Settings) -> Iterator[tuple[DocumentUpdater, IndexData]]:
+    """The index folder's writer and its current index (built first if there is none, rebuilt
+    if stale, as `qa serve` would), under the index lock: a write needs the model and the index,
+    not the query service."""
+    bars = ProgressBars()
+    try:
+        with user_errors():
+            encoder = load_configured_encoder(settings)
+            with index_lock(settings.index_dir):
+                base = ensure_configured_index(settings, encoder, bars)
+                bars.close()
+                yield DocumentUpdater(index_spec(settings, encoder)), base
+    finally:
+        bars.close()
 
 
 def _print_written(doc_id: str, passages: int, note: str) -> None:

@@ -37,7 +37,8 @@ from qa_service.evaluation.runner import (
     evaluate_benchmark,
     evaluate_question_set,
 )
-from qa_service.retrieval import MODES
+from qa_service.models import MODES
+from qa_service.query.pipeline import AskOptions
 
 
 def evaluate(
@@ -127,17 +128,15 @@ def evaluate(
         fail(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
     settings = settings_from_flags(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
     options = EvalOptions(
-        top_k=top_k,
-        min_score=min_score,
-        batch_size=batch_size,
+        AskOptions(top_k, min_score, mode or settings.mode, diversity=diversity),
         dense_weight=settings.dense_weight,
-        ask_options={"mode": mode or settings.mode, "diversity": diversity},
+        batch_size=batch_size,
     )
     bars = ProgressBars()
     try:
         with user_errors():
             if path.is_dir() or is_squad_file(path):
-                from qa_service.chunking import WholeDocumentSplitter
+                from qa_service.corpus.chunking import WholeDocumentSplitter
                 from qa_service.service import load_configured_encoder, make_splitter
 
                 # MTEB joins title and text with a space; for sentence splitting a line break

@@ -25,8 +25,8 @@ from qa_service.cli.common import (
 )
 from qa_service.cli.documents import add, remove
 from qa_service.cli.eval import evaluate
-from qa_service.indexing import build_index
-from qa_service.service import load_configured_encoder, make_splitter
+from qa_service.index.build import build_index
+from qa_service.service import index_spec, load_configured_encoder
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 
@@ -43,16 +43,7 @@ def index(corpus_dir: CorpusOpt = None, index_dir: IndexOpt = None, model: Model
     settings = settings_from_flags(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
     bars = ProgressBars()
     with user_errors():
-        encoder = load_configured_encoder(settings)
-        _, report = build_index(
-            settings.corpus_dir,
-            settings.index_dir,
-            encoder,
-            make_splitter(settings, encoder),
-            settings.batch_size,
-            progress=bars,
-            index_config=settings.index_config(),
-        )
+        _, report = build_index(index_spec(settings, load_configured_encoder(settings)), bars)
     bars.close()
     out.print(
         f"Indexed [bold]{report.documents}[/] documents as [bold]{report.passages}[/] passages "
@@ -137,7 +128,7 @@ def ask(
         fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     settings = settings_from_flags(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
     service = load_service(settings)
-    timed = service.ask(request.question, request.top_k, request.min_score, request.mode)
+    timed = service.ask(request.question, request.options())
     response = AskResponse.from_answer(timed.answer, timed.documents, timed.took_ms)
     if as_json:
         print(response.model_dump_json(indent=2))

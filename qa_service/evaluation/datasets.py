@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qa_service.documents import Document
-from qa_service.store import file_sha256
+from embeddings.files import file_sha256
+from qa_service.corpus.documents import Document
 
 BEIR_FILES = ("corpus.jsonl", "queries.jsonl")
 

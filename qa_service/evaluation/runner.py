@@ -15,20 +15,22 @@ import logging
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from embeddings import Encoder
-from qa_service.answering import Answer
-from qa_service.chunking import Passage, Splitter, WholeDocumentSplitter
+from qa_service.corpus.chunking import Passage, Splitter, WholeDocumentSplitter
 from qa_service.errors import IndexCorruptError, IndexNotFoundError
 from qa_service.evaluation.datasets import Benchmark, Question, QuestionSet
 from qa_service.evaluation.metrics import first_relevant_rank, mean_metrics, query_metrics
-from qa_service.indexing import ProgressFactory, index_documents, passage_settings
-from qa_service.retrieval import DENSE_WEIGHT
+from qa_service.index.build import index_documents, passage_settings
+from qa_service.index.encode import ProgressFactory
+from qa_service.index.store import IndexData, load_index, save_index
+from qa_service.query.answering import Answer
+from qa_service.query.pipeline import AskOptions
+from qa_service.query.retrieval import DENSE_WEIGHT
 from qa_service.service import QAService, TimedAnswer
-from qa_service.store import IndexData, load_index, save_index
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +87,12 @@ class EvalReport:
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """Per-run choices; `ask_options` are passed to `QAService.ask_many` unchanged, so new
-    retrieval options (for example a retrieval mode) can be compared without touching this."""
+    """Per-run choices. Every question is asked with `ask`, whose `top_k`, when None, is as deep
+    as the metrics need; new retrieval options can be compared without touching this."""
 
-    top_k: int | None = None  # passages retrieved per question; None: enough for the metrics
-    min_score: float | None = None
+    ask: AskOptions = field(default_factory=AskOptions)
     dense_weight: float = DENSE_WEIGHT  # benchmark runs; question sets use the service's own
     batch_size: int = QUESTION_BATCH
-    ask_options: dict[str, Any] = field(default_factory=dict)
 
 
 def _ask_all(
@@ -108,15 +108,22 @@ def _ask_all(
     started = time.perf_counter()
     for start in range(0, len(questions), options.batch_size):
         batch = [q.text for q in questions[start : start + options.batch_size]]
-        answers.extend(service.ask_many(batch, top_k, options.min_score, **options.ask_options))
+        answers.extend(service.ask_many(batch, replace(options.ask, top_k=top_k)))
         if update:
             update(len(batch))
     return answers, time.perf_counter() - started
 
 
-def _other_options(options: EvalOptions) -> dict[str, str]:
-    """Pass-through options other than the mode, as text for the report."""
-    return {k: str(v) for k, v in options.ask_options.items() if k != "mode"}
+def _run_settings(service: QAService, options: EvalOptions) -> dict[str, Any]:
+    """The mode, threshold and other choices every question was asked with, for the report."""
+    ask = options.ask
+    settings: dict[str, Any] = {
+        "mode": ask.mode or service.mode,
+        "min_score": service.threshold(ask.mode) if ask.min_score is None else ask.min_score,
+    }
+    if ask.filters is not None:
+        settings["filters"] = str(ask.filters)
+    return settings | {"diversity": str(ask.diversity)}
 
 
 def _latency(results: Sequence[QuestionResult], seconds: float) -> dict[str, float]:
@@ -259,7 +266,7 @@ def evaluate_question_set(
     """Ask every question of the set against the service's index; judge each passage."""
     options = options or EvalOptions()
     index = service.index
-    top_k = options.top_k or min(QUESTION_SET_DEPTH, len(index.passages))
+    top_k = options.ask.top_k or min(QUESTION_SET_DEPTH, len(index.passages))
     questions = question_set.questions
     timed, seconds = _ask_all(service, questions, top_k, options, progress)
     results: list[QuestionResult] = []
@@ -285,12 +292,8 @@ def evaluate_question_set(
             "model": service.encoder.name,
             **index.manifest.passage_settings,
             "top_k": top_k,
-            "mode": options.ask_options.get("mode", service.mode),
-            "min_score": service.threshold(options.ask_options.get("mode"))
-            if options.min_score is None
-            else options.min_score,
+            **_run_settings(service, options),
             "level": "passage",
-            **_other_options(options),
             "question_batch": options.batch_size,
         },
         counts=counts,
@@ -363,10 +366,12 @@ def evaluate_benchmark(
     index_seconds = time.perf_counter() - started
     passages_per_document = len(index.passages) / max(len(index.documents), 1)
     # Passages of one document crowd the top, so go deep enough to rank DOCUMENT_DEPTH documents.
-    top_k = options.top_k or min(
+    top_k = options.ask.top_k or min(
         len(index.passages), round(DOCUMENT_DEPTH * max(passages_per_document, 1.0)) + 100
     )
-    service = QAService(encoder, index, options.min_score, top_k, dense_weight=options.dense_weight)
+    service = QAService(
+        encoder, index, options.ask.min_score, top_k, dense_weight=options.dense_weight
+    )
     questions = benchmark.questions
     timed, seconds = _ask_all(service, questions, top_k, options, progress)
     results = []
@@ -394,10 +399,8 @@ def evaluate_benchmark(
             **passage_settings(splitter, encoder.name),
             "split": benchmark.split,
             "top_k": top_k,
-            "mode": options.ask_options.get("mode", service.mode),
-            "min_score": service.threshold(options.ask_options.get("mode")),
+            **_run_settings(service, options),
             "level": "document",
-            **_other_options(options),
             "question_batch": options.batch_size,
             "index_cached": cached,
             "index_seconds": round(index_seconds, 1),

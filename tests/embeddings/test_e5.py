@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from embeddings import E5_MODEL, Encoder, load_encoder
-from embeddings.encoder import resolve_model
-from qa_service.chunking import PassageSplitter
-from qa_service.documents import Document
+from embeddings.factory import resolve_model
+from qa_service.corpus.chunking import PassageSplitter
+from qa_service.corpus.documents import Document
 
 CORPUS = Path(__file__).resolve().parents[2] / "corpus"
 

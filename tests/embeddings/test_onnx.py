@@ -20,7 +20,7 @@ from embeddings import (
     load_encoder,
 )
 from embeddings import onnx as onnx_module
-from embeddings.encoder import INT8_SUFFIX, resolve_model
+from embeddings.factory import INT8_SUFFIX, resolve_model
 from embeddings.onnx import (
     ModelFolder,
     OnnxEncoder,

@@ -6,6 +6,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from qa_service.query.pipeline import AskOptions
 from qa_service.service import QAService
 
 
@@ -18,7 +19,9 @@ def _contains_answer(text: str, answers: list[str]) -> bool:
 
 
 def test_every_passage_cites_its_exact_span(service: QAService) -> None:
-    for timed in service.ask_many(["What is GRETA?", "Where was the training held?"], top_k=10):
+    for timed in service.ask_many(
+        ["What is GRETA?", "Where was the training held?"], AskOptions(top_k=10)
+    ):
         for ranked in timed.answer.passages:
             p = ranked.hit.passage
             assert service.document(p.document_id).text[p.start : p.end] == p.text
@@ -56,8 +59,8 @@ def test_off_topic_questions_abstain_but_show_nearest_passages(
 def test_min_score_overrides_the_threshold(service: QAService) -> None:
     question = "What is GRETA?"
     assert service.ask(question).answer.answerable
-    assert not service.ask(question, min_score=0.99).answer.answerable
-    assert service.ask("boiling point of water", min_score=-1.0).answer.answerable
+    assert not service.ask(question, AskOptions(min_score=0.99)).answer.answerable
+    assert service.ask("boiling point of water", AskOptions(min_score=-1.0)).answer.answerable
 
 
 def test_answer_sentence_is_verbatim_and_answers(service: QAService) -> None:

@@ -33,11 +33,7 @@ QUESTION_ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post("/ask", responses=QUESTION_ERRORS)
 async def ask(body: AskRequest, service: ServiceDep, request: Request) -> AskResponse:
     """Answer a question with the best-matching passages, each cited to its exact span."""
-    filters = body.filters.to_filters() if body.filters else None
-    timed = await run_in_threadpool(
-        service.ask,
-        body.question, body.top_k, body.min_score, body.mode, filters, diversity=body.diversity,
-    )  # fmt: skip
+    timed = await run_in_threadpool(service.ask, body.question, body.options())
     record_answers(request, "/v1/ask", [timed.answer.answerable], body.question)
     return AskResponse.from_answer(timed.answer, timed.documents, timed.took_ms)
 
@@ -46,11 +42,7 @@ async def ask(body: AskRequest, service: ServiceDep, request: Request) -> AskRes
 async def ask_batch(body: BatchRequest, service: ServiceDep, request: Request) -> BatchResponse:
     """Answer up to 256 questions in one call; they are encoded together, so it is much faster
     per question than separate calls."""
-    filters = body.filters.to_filters() if body.filters else None
-    timed = await run_in_threadpool(
-        service.ask_many,
-        body.questions, body.top_k, body.min_score, body.mode, filters, diversity=body.diversity,
-    )  # fmt: skip
+    timed = await run_in_threadpool(service.ask_many, body.questions, body.options())
     record_answers(request, "/v1/ask/batch", [t.answer.answerable for t in timed])
     return BatchResponse(
         results=[AskResponse.from_answer(t.answer, t.documents, t.took_ms) for t in timed]

@@ -18,7 +18,7 @@ from qa_service.api.schemas import (
     ChatResponse,
     QueryEvent,
 )
-from qa_service.conversation import retrieval_query
+from qa_service.query.conversation import retrieval_query
 
 router = APIRouter(prefix="/v1", tags=["chat"])
 
@@ -54,11 +54,7 @@ async def chat(
     """
     question = body.messages[-1].content
     query = retrieval_query(body.turns())
-    filters = body.filters.to_filters() if body.filters else None
-    timed = await run_in_threadpool(
-        service.ask, question, body.top_k, body.min_score, body.mode, filters, query,
-        body.diversity,
-    )  # fmt: skip
+    timed = await run_in_threadpool(service.ask, question, body.options(), query)
     record_answers(request, "/v1/chat", [timed.answer.answerable], question)
     response = AskResponse.from_answer(timed.answer, timed.documents, timed.took_ms)
     result = ChatResponse(**dict(response), query=query)

@@ -20,9 +20,13 @@ from qa_service.api.schemas import (
     DocumentSummary,
     ErrorResponse,
 )
-from qa_service.documents import MEDIA_TYPES, id_from_filename
-from qa_service.errors import InvalidDocumentError, UnsupportedDocumentTypeError
-from qa_service.updates import NewDocument, WriteMode, WriteResult
+from qa_service.corpus.documents import MEDIA_TYPES, id_from_filename
+from qa_service.errors import (
+    DocumentExistsError,
+    InvalidDocumentError,
+    UnsupportedDocumentTypeError,
+)
+from qa_service.index.writes import NewDocument, WriteMode, WriteResult
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
 
@@ -103,7 +107,12 @@ async def add_document(
     (`<corpus>/<id><ext>`). Answered once the document is durable and searchable.
     """
     doc_id, new = await _read_document(request, None)
-    return await _write(service, response, doc_id, new, "create")
+    try:
+        return await _write(service, response, doc_id, new, "create")
+    except DocumentExistsError as exc:
+        raise DocumentExistsError(
+            f"{exc}; replace it with PUT /v1/documents/{doc_id} or choose another id"
+        ) from None
 
 
 @router.put(

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from embeddings import Encoder
 from qa_service.api import create_app
 from qa_service.config import Settings
+from qa_service.index.store import current_generation_name
 from qa_service.service import QAService
-from qa_service.store import current_generation_name
 
 KEYS = ["first-key-0123456789", "second-key-9876543210"]
 AUTH = {"Authorization": f"Bearer {KEYS[1]}"}

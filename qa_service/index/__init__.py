@@ -1,0 +1,2 @@
+"""Passages to a saved index and back: encoding, building, updating, staleness, the index
+folder, and document writes."""

@@ -1,0 +1,105 @@
+"""Ranked passages to an answer: the sentence that best answers, and whether to answer at all.
+
+Sentence vectors are computed when the index is built, so choosing the answer sentence costs a
+few dot products at query time rather than another model call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from embeddings import Vectors
+from qa_service.corpus.words import STOPWORDS, WORD
+from qa_service.index.store import IndexData
+from qa_service.query.retrieval import Hit
+
+# Sentences come from the top passages only: lower ones rarely hold the answer and often mislead.
+ANSWER_PASSAGES = 3
+# Passages that get a highlight: as many as the API returns; deeper evaluation runs skip the rest.
+HIGHLIGHTED_PASSAGES = 50
+LEXICAL_WEIGHT = 0.6
+# The answer sentence is the highlight with the best score + PASSAGE_WEIGHT × its passage's score.
+# Sentences read in their passage's context score alike across passages, so the passage counts
+# twice (SQuAD slice answer hit 0.7504 → 0.7523 from 1 to 2, 0.7505 at 3; docs/evaluation.md).
+PASSAGE_WEIGHT = 2.0
+
+
+def content_terms(text: str) -> set[str]:
+    return {w for w in WORD.findall(text.lower()) if w not in STOPWORDS}
+
+
+@dataclass(frozen=True)
+class Sentence:
+    start: int  # offsets inside the passage's text
+    end: int
+    score: float
+
+
+@dataclass(frozen=True)
+class RankedPassage:
+    hit: Hit
+    rank: int  # 1-based
+    highlight: Sentence | None
+
+
+@dataclass(frozen=True)
+class Answer:
+    question: str
+    answerable: bool
+    passages: list[RankedPassage]
+    answer_rank: int | None  # rank of the passage holding the answer sentence
+
+    @property
+    def answer_text(self) -> str | None:
+        if self.answer_rank is None:
+            return None
+        ranked = self.passages[self.answer_rank - 1]
+        assert ranked.highlight is not None
+        return ranked.hit.passage.text[ranked.highlight.start : ranked.highlight.end]
+
+
+class AnswerBuilder:
+    def __init__(self, index: IndexData) -> None:
+        self._index = index
+
+    def best_sentence(
+        self, hit: Hit, question_vectors: Vectors, terms: set[str]
+    ) -> Sentence | None:
+        if self._index.unit_vectors is None:
+            return None
+        passage = hit.passage
+        rows = self._index.unit_rows(passage)
+        # The question's spellings (one row each): a sentence scores with the best of them.
+        dense = (self._index.unit_vectors[rows.start : rows.stop] @ question_vectors.T).max(axis=1)
+        units = self._index.units[passage.document_id][passage.first_unit : passage.last_unit]
+        best: Sentence | None = None
+        for (start, end), cosine in zip(units, dense, strict=True):
+            text = passage.text[start - passage.start : end - passage.start]
+            lexical = len(terms & content_terms(text)) / len(terms) if terms else 0.0
+            score = float(cosine) + LEXICAL_WEIGHT * lexical
+            if best is None or score > best.score:
+                best = Sentence(start - passage.start, end - passage.start, score)
+        assert best is not None, "a passage always has at least one sentence unit"
+        return best
+
+    def build(
+        self, question: str, question_vectors: Vectors, hits: list[Hit], threshold: float
+    ) -> Answer:
+        answerable = bool(hits) and hits[0].support >= threshold
+        terms = content_terms(question)
+        ranked = []
+        answer_rank, answer_score = None, -np.inf
+        for rank, hit in enumerate(hits, start=1):
+            sentence = None
+            if rank <= HIGHLIGHTED_PASSAGES:
+                sentence = self.best_sentence(hit, question_vectors, terms)
+            ranked.append(RankedPassage(hit, rank, sentence))
+            # The answer weighs how well the sentence and its passage both match.
+            if sentence is None:
+                continue
+            combined = sentence.score + PASSAGE_WEIGHT * hit.score
+            if answerable and rank <= ANSWER_PASSAGES and combined > answer_score:
+                answer_rank, answer_score = rank, combined
+        return Answer(question, answerable, ranked, answer_rank)

@@ -1,0 +1,130 @@
+"""The question path: questions → searched texts → vectors → ranked hits → answers.
+
+A `QueryPipeline` serves one index snapshot and never changes: a write builds a new one, so a
+question sees the collection wholly before or wholly after it. The model is called once per
+batch of questions, for every text the batch needs (each question, what is searched for it, its
+other spellings, and the words of those to translate).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from embeddings import Vectors
+from qa_service.corpus.acronyms import Acronyms
+from qa_service.index.store import IndexData
+from qa_service.models import Mode, profile_for
+from qa_service.query.answering import Answer, AnswerBuilder
+from qa_service.query.lexicon import Lexicon, words_of
+from qa_service.query.retrieval import (
+    DENSE_WEIGHT,
+    LEXICAL_SUPPORT_COVERAGE,
+    Filters,
+    Retriever,
+    SearchQuery,
+)
+from qa_service.query.transliteration import spellings
+
+logger = logging.getLogger(__name__)
+
+Encode = Callable[[Sequence[str]], Vectors]
+
+
+@dataclass(frozen=True)
+class AskOptions:
+    """What one request may choose; None takes the service's default."""
+
+    top_k: int | None = None
+    min_score: float | None = None
+    mode: Mode | None = None
+    filters: Filters | None = None
+    diversity: float = 0.0  # maximal marginal relevance, 0..1 (retrieval.py)
+
+
+class QueryPipeline:
+    def __init__(
+        self,
+        index: IndexData,
+        encode: Encode,
+        dense_weight: float = DENSE_WEIGHT,
+        previous: QueryPipeline | None = None,
+    ) -> None:
+        """`encode` builds the lexicon of a model that has one (its words already in
+        `previous`'s are not encoded again)."""
+        self.index = index
+        self.retriever = Retriever(index, dense_weight)
+        self.answers = AnswerBuilder(index)
+        self.acronyms = Acronyms.from_definitions(index.acronyms.values())
+        self.lexicon: Lexicon | None = None
+        if profile_for(index.manifest.model).lexicon:
+            started = time.perf_counter()
+            known = previous.lexicon if previous is not None else None
+            self.lexicon = Lexicon.build(index.documents.values(), encode, known)
+            logger.info(
+                "lexicon of %d words ready in %.1f s",
+                len(self.lexicon.words), time.perf_counter() - started,
+            )  # fmt: skip
+
+    def run(
+        self,
+        questions: Sequence[str],
+        queries: Sequence[str],
+        encode: Encode,
+        *,
+        k: int,
+        mode: Mode,
+        threshold: float,
+        filters: Filters | None = None,
+        diversity: float = 0.0,
+    ) -> list[Answer]:
+        """Answer each question from what is searched for it, its query (a follow-up together
+        with the questions before it, or the question itself); the answer sentence is chosen
+        for the question as asked."""
+        if len(queries) != len(questions):
+            raise ValueError("one query per question")
+        # Searched with the acronyms it uses spelled out.
+        searched = [self.acronyms.expand(q) for q in queries]
+        texts = list(dict.fromkeys([*questions, *searched]))
+        coverage = (
+            {q: self.retriever.lexical_coverage(q) for q in dict.fromkeys(searched)}
+            if mode == "hybrid"
+            else {}
+        )
+        # Questions BM25 barely reads are also searched by their words' translations: the words
+        # are encoded in the same model call.
+        translated = (
+            [q for q, c in coverage.items() if c < LEXICAL_SUPPORT_COVERAGE]
+            if self.lexicon is not None
+            else []
+        )
+        groups = [*(spellings(t) for t in texts), *(words_of(q) for q in translated)]
+        encoded = _encode_groups(groups, encode)
+        by_text = dict(zip(texts, encoded[: len(texts)], strict=True))
+        translations = {}
+        if self.lexicon is not None:
+            words = encoded[len(texts) :]
+            translations = {
+                q: self.lexicon.translate(q, v) for q, v in zip(translated, words, strict=True)
+            }
+        search = [
+            SearchQuery(q, by_text[q], coverage.get(q, 1.0), translations.get(q)) for q in searched
+        ]
+        hits = self.retriever.retrieve(search, k, mode, filters, diversity)
+        return [
+            self.answers.build(q, by_text[q], h, threshold)
+            for q, h in zip(questions, hits, strict=True)
+        ]
+
+
+def _encode_groups(groups: Sequence[Sequence[str]], encode: Encode) -> list[Vectors]:
+    """One matrix per group of texts (a question's spellings, or its words), all encoded in one
+    model call."""
+    flat = encode([t for group in groups for t in group])
+    bounds = np.cumsum([0, *(len(group) for group in groups)])
+    return [flat[a:b] for a, b in itertools.pairwise(bounds)]

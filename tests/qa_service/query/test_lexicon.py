@@ -1,0 +1,75 @@
+"""The lexicon induced from the multilingual model's word vectors, and what it does to retrieval."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from embeddings import Vectors
+from qa_service.corpus.documents import Document
+from qa_service.query.lexicon import MIN_COSINE, TRANSLATED_WEIGHT, Lexicon, words_of
+from qa_service.query.pipeline import AskOptions
+from qa_service.query.retrieval import Retriever, SearchQuery
+from qa_service.query.transliteration import spellings
+from qa_service.service import QAService
+
+CORPUS = [
+    Document("a", "The Convention requires specific measures regarding children."),
+    Document("b", "Experts of the regional meeting discussed the objective in Skopje."),
+]
+# "What does the Convention require States Parties to do regarding children?" in Serbian.
+SERBIAN = "Šta Konvencija nalaže državama potpisnicama kada je riječ o djeci?"
+ANSWER = "specific measures regarding children"
+
+
+def test_words_are_lower_cased_letters_in_any_script() -> None:
+    assert words_of("Šta Konvencija nalaže o djeci 2021?") == [
+        "šta",
+        "konvencija",
+        "nalaže",
+        "djeci",
+    ]
+    assert words_of("Кој ја истакна важноста?") == ["кој", "истакна", "важноста"]
+
+
+def test_question_words_are_replaced_by_their_nearest_corpus_words(e5_service: QAService) -> None:
+    encode = e5_service.encoder.encode_queries
+    lexicon = Lexicon.build(CORPUS, encode)
+    assert "children" in lexicon.words and "the" not in lexicon.words  # stop words left out
+    assert lexicon.vectors.shape == (len(lexicon.words), e5_service.encoder.dimension)
+    translation = lexicon.translate(SERBIAN, encode(words_of(SERBIAN)))
+    found = translation.query.split()
+    assert {"convention", "children"} <= set(found)
+    # Each translated word counts as TRANSLATED_WEIGHT of a read word among all 10 words.
+    assert translation.coverage == pytest.approx(TRANSLATED_WEIGHT * len(found) / 10)
+    # Only words within MIN_COSINE of a corpus word are kept; function words are left out.
+    best = (encode(words_of(SERBIAN)) @ lexicon.vectors.T).max(axis=1)
+    assert len(found) == int((best >= MIN_COSINE).sum()) < len(words_of(SERBIAN))
+
+
+def test_a_rebuild_encodes_only_new_words(e5_service: QAService) -> None:
+    calls: list[list[str]] = []
+
+    def counting(texts: Sequence[str]) -> Vectors:
+        calls.append(list(texts))
+        return e5_service.encoder.encode_queries(texts)
+
+    first = Lexicon.build(CORPUS[:1], counting)
+    second = Lexicon.build(CORPUS, counting, previous=first)
+    assert set(calls[1]) == set(second.words) - set(first.words)
+    for word in first.words:
+        row_before = first.vectors[first.words.index(word)]
+        assert np.array_equal(second.vectors[second.words.index(word)], row_before)
+
+
+def test_e5_finds_the_answer_through_translated_words(e5_service: QAService) -> None:
+    (top, *_) = e5_service.ask(SERBIAN, AskOptions(top_k=5, mode="hybrid")).answer.passages
+    assert ANSWER in top.hit.passage.text
+    # Without the translation, the embedding alone puts another passage first.
+    vectors = e5_service.encoder.encode_queries(spellings(SERBIAN))
+    retriever = Retriever(e5_service.index)
+    query = SearchQuery(SERBIAN, vectors, retriever.lexical_coverage(SERBIAN))
+    (hits,) = retriever.retrieve([query], 5, "hybrid")
+    assert ANSWER not in hits[0].passage.text
