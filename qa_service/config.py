@@ -103,7 +103,7 @@ class Settings(BaseSettings):
         "Retry-After. None by default: no limit per client.",
     )
 
-    # Document writes (qa_service/updates.py) and who may make them (qa_service/api/deps.py).
+    # Document writes (qa_service/index/writes.py) and who may make them (qa_service/api/deps.py).
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         # QA_API_KEY, as the `qa add --url` client reads it, works for the server too.

@@ -91,7 +91,7 @@ class IndexData:
     manifest: Manifest
     generation: str | None = None  # name of the generation folder it was loaded from or saved as
     # Each passage's vector read after the passage before it, for models that gain from it
-    # (indexing.PRECEDING_CONTEXT); None otherwise.
+    # (their profile in models.py); None otherwise.
     context_vectors: Vectors | None = None
     unit_offsets: dict[str, int] = field(init=False)
 

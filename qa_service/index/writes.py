@@ -9,10 +9,10 @@ exactly those files. Only then is the write acknowledged.
 A crash before the corpus file is in place leaves the old state. A crash after it and before the
 new generation is current leaves an index whose fingerprint no longer matches the corpus: the
 start-up check rebuilds it from the corpus (re-encoding only the new document, see
-`indexing.EmbeddingCache`), which gives the new state. Either way, never a state in between, and
+`index/encode.EmbeddingCache`), which gives the new state. Either way, never a state in between, and
 `qa index` rebuilds exactly what the writes produced.
 
-Documents sent as JSON are kept as JSON documents (`documents.load_json`), so their title,
+Documents sent as JSON are kept as JSON documents (`corpus/documents.load_json`), so their title,
 source and metadata survive a rebuild; an uploaded file is kept as it came.
 """
 

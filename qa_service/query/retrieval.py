@@ -20,7 +20,7 @@ still found when the passage before it does.
 
 For fusion, a model's cosine is rescaled from the level unrelated texts reach (its `floor`) to 1,
 so that 0 means unrelated for both scores. The lexical score is BM25 as a share of the best
-attainable (see `lexical.py`).
+attainable (see `index/lexical.py`).
 
 A question BM25 reads less than half of (one in another language, or English keywords mostly
 absent from the documents) may come with a `Translation` (lexicon.py): the corpus words nearest to
