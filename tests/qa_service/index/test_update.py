@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -28,9 +29,14 @@ from qa_service.errors import (
 from qa_service.index.build import IndexSpec, build_index, index_documents
 from qa_service.index.encode import EmbeddingCache
 from qa_service.index.staleness import ensure_index
-from qa_service.index.store import current_generation_name, index_lock, load_index
+from qa_service.index.store import (
+    current_generation,
+    current_generation_name,
+    index_lock,
+    load_index,
+)
 from qa_service.index.update import TermCache, update_index
-from qa_service.index.writes import NewDocument, write_durably
+from qa_service.index.writes import DocumentUpdater, NewDocument, write_durably
 from qa_service.models import PROFILES, profile_for
 from qa_service.service import QAService, index_spec
 
@@ -380,3 +386,36 @@ def test_the_index_lock_excludes_other_processes(tmp_path: Path) -> None:
         holder.wait()
     with index_lock(tmp_path, timeout=5), index_lock(tmp_path, timeout=0):  # re-entrant
         pass
+
+
+def test_a_write_to_an_index_that_does_not_know_its_files_rebuilds_once(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    """An index from before live updates keeps no per-file hashes; when its corpus has changed
+    since, a write cannot update the fingerprint, so it rebuilds the index from the corpus (which
+    then holds the write), encoding each new text once."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for document in DOCS:
+        (corpus / f"{document.id}.txt").write_text(document.text)
+    counting = CountingEncoder(encoder)
+    spec = IndexSpec(corpus, tmp_path / "idx", counting, _splitter(encoder))  # type: ignore[arg-type]
+    build_index(spec)
+    manifest = current_generation(spec.index_dir) / "manifest.json"
+    old = json.loads(manifest.read_text())
+    old["corpus_files"] = {}
+    manifest.write_text(json.dumps(old))
+    (corpus / "d.txt").write_text("Owls hunt at night.")  # by hand, not through a write
+    counting.encoded.clear()
+    note = b"Kestrels hover above the Prokletije."
+    data, (result,) = DocumentUpdater(spec).write(
+        load_index(spec.index_dir), [("e", NewDocument(note, ".txt"))], "create"
+    )
+    assert set(data.documents) == {"a", "b", "c", "d", "e"}
+    assert result.created and result.passages == 1
+    assert load_index(spec.index_dir).documents == data.documents
+    # The rebuild reuses the old vectors: only the two new texts were encoded, each once.
+    assert sorted(counting.encoded) == [
+        "Kestrels hover above the Prokletije.",
+        "Owls hunt at night.",
+    ]
