@@ -10,4 +10,8 @@ if ! command -v chromium >/dev/null; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
 fi
 python -m pip install --quiet --upgrade-strategy only-if-needed -e '.[test]'
+# Lint, format and type checks first: they take seconds, the tests minutes.
+python -m ruff check .
+python -m ruff format --check .
+python -m mypy
 python -m pytest "$@"
