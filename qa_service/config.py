@@ -18,7 +18,11 @@ from qa_service.query.retrieval import DENSE_WEIGHT
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="QA_", env_file=".env", extra="ignore")
+    # populate_by_name: `Settings(api_keys=...)` by field name, while the environment knows only
+    # the prefixed names (an unprefixed API_KEYS, set for another program, must grant nothing).
+    model_config = SettingsConfigDict(
+        env_prefix="QA_", env_file=".env", extra="ignore", populate_by_name=True
+    )
 
     corpus_dir: Path = Field(Path("corpus"), description="Folder of documents to index.")
     index_dir: Path = Field(Path(".qa-index"), description="Folder that holds the built index.")
@@ -107,7 +111,7 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         # QA_API_KEY, as the `qa add --url` client reads it, works for the server too.
-        validation_alias=AliasChoices("api_keys", "QA_API_KEYS", "QA_API_KEY"),
+        validation_alias=AliasChoices("QA_API_KEYS", "QA_API_KEY"),
         description="Keys that may add, replace and remove documents (`Authorization: Bearer "
         "<key>`), as a JSON list or comma-separated; none by default, which disables writes.",
     )
