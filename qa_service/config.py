@@ -45,6 +45,17 @@ class Settings(BaseSettings):
         "comma-separated (`https://a.example,https://b.example`); none by default.",
     )
 
+    # The chat page names the collection it serves: plain text, escaped into the page.
+    page_title: str = Field(
+        "Ask the documents", min_length=1, max_length=200, description="The chat page's title."
+    )
+    page_tagline: str = Field(
+        "Questions answered from the documents in this collection, with a link to every "
+        "passage used.",
+        max_length=500,
+        description="The line under the chat page's title; empty for none.",
+    )
+
     # Passage splitting, in the model's word pieces; the model's own input limit caps the size.
     passage_tokens: int = Field(96, ge=16, description="Target passage length in word pieces.")
     passage_overlap: int = Field(

@@ -66,12 +66,19 @@ def create_app(settings: Settings | None = None, service: QAService | None = Non
         version="0.1.0",
         summary="Answers questions with the best-matching passages, each with an exact citation.",
         lifespan=lifespan,
+        # /docs is served by routes/pages.py, from the package's own copy of Swagger UI. ReDoc
+        # is not served: it styles itself with injected <style> elements, which the pages'
+        # policy forbids, and one documentation page is enough.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=pages.OAUTH2_REDIRECT_URL,
     )
     app.state.service = service
     app.state.shutting_down = False
     app.state.log_questions = settings.log_questions
     app.state.api_keys = list(settings.api_keys)
     app.state.read_api_keys = list(settings.read_api_keys)
+    app.state.pages = pages.Pages.render(settings.page_title, settings.page_tagline)
     app.state.admission = limiter = AdmissionLimiter(settings.max_concurrent_requests)
     app.state.metrics = metrics.Metrics(lambda: app.state.service, lambda: limiter.in_flight)
     install_error_handlers(app)
@@ -81,6 +88,11 @@ def create_app(settings: Settings | None = None, service: QAService | None = Non
     app.include_router(documents.router)
     app.include_router(pages.router)
     app.mount("/static", pages.StaticAssets(directory=pages.STATIC_DIR), name="static")
+    app.mount(
+        pages.DOCS_ASSETS_URL,
+        pages.StaticAssets(directory=pages.DOCS_ASSETS_DIR),
+        name="docs-assets",
+    )
     app.include_router(metrics.router)
     # Middleware added later wraps what was added before. The limits sit inside CORS, so that a
     # browser can read their 413, 429 and 503; the request context is outermost, so that every

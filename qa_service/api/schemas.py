@@ -308,9 +308,14 @@ class DocumentOut(BaseModel):
     page_starts: list[int] = Field(
         description="Offset in `text` where each page starts (paged formats only)."
     )
+    sentences: list[tuple[int, int]] = Field(
+        description="The `[start, end]` offsets in `text` of its sentences, in order (a sentence "
+        "longer than the model's input is given in parts). Every passage and answer sentence is "
+        "a run of them: its `start` is a sentence's start and its `end` a sentence's end."
+    )
 
     @classmethod
-    def from_document(cls, document: Document) -> Self:
+    def from_document(cls, document: Document, sentences: list[tuple[int, int]]) -> Self:
         return cls(
             id=document.id,
             title=document.title,
@@ -318,6 +323,7 @@ class DocumentOut(BaseModel):
             text=document.text,
             metadata=document.metadata,
             page_starts=list(document.page_starts),
+            sentences=sentences,
         )
 
 
@@ -330,6 +336,12 @@ class Readiness(BaseModel):
     documents: int = 0
     passages: int = 0
     model: str | None = None
+    index_problem: str | None = Field(
+        None,
+        description="Set when another process made current an index this server cannot serve "
+        "(another model or other settings): it still answers from the index it has, and "
+        "refuses writes until restarted.",
+    )
 
 
 class ErrorResponse(BaseModel):

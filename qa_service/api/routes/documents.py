@@ -23,6 +23,7 @@ from qa_service.api.schemas import (
 from qa_service.corpus.documents import MEDIA_TYPES, id_from_filename
 from qa_service.errors import (
     DocumentExistsError,
+    DocumentNotFoundError,
     InvalidDocumentError,
     UnsupportedDocumentTypeError,
 )
@@ -87,8 +88,13 @@ def list_documents(service: ServiceDep) -> DocumentList:
     responses={404: _error("No document with that id."), **_AUTH_ERRORS},
 )
 def get_document(document_id: str, service: ServiceDep) -> DocumentOut:
-    """The whole document; passage `start`/`end` offsets index into its `text`."""
-    return DocumentOut.from_document(service.document(document_id))
+    """The whole document and its sentences; passage `start`/`end` offsets index into its `text`
+    and fall on its sentences' bounds."""
+    index = service.index  # one snapshot: the sentences are those of this version of the text
+    document = index.documents.get(document_id)
+    if document is None:
+        raise DocumentNotFoundError(document_id)
+    return DocumentOut.from_document(document, index.units[document.id])
 
 
 @router.post(

@@ -136,7 +136,7 @@
     const box = el("div", "message assistant");
     box.id = replyId;
     box.setAttribute("aria-busy", "true");
-    const pending = el("p", "pending", "Searching the reports");
+    const pending = el("p", "pending", "Searching the documents");
     const list = el("ol", "passages");
     list.setAttribute("aria-label", "Passages found");
     box.append(pending, list);
@@ -169,9 +169,9 @@
           nodes = [p];
         } else {
           const text = all.length
-            ? "No passage in the reports answers this confidently. " +
+            ? "No passage in the documents answers this confidently. " +
               "The nearest passages are shown below for reference."
-            : "No passage in the reports answers this.";
+            : "No passage in the documents answers this.";
           nodes = [el("p", "abstained", text)];
           if (all.length) {
             const refs = el("p", "citations", "Nearest passages:");
@@ -203,7 +203,7 @@
     if (Array.isArray(detail)) detail = detail.map((d) => d.msg || String(d)).join("; ");
     if (response.status === 503) {
       const wait = Number.parseInt(response.headers.get("Retry-After"), 10) || 5;
-      return `The service is still loading the reports. Please try again in ${wait} seconds.` +
+      return `The service is still loading the documents. Please try again in ${wait} seconds.` +
         (detail ? ` (${detail})` : "");
     }
     return detail || `The service could not answer (HTTP ${response.status}).`;
@@ -368,7 +368,7 @@
         statusLine.textContent = `${count(data.documents, "document")} · ${count(data.passages, "passage")}`;
         return;
       }
-      statusLine.textContent = "The service is loading the reports…";
+      statusLine.textContent = "The service is loading the documents…";
     } catch {
       statusLine.textContent = "The service cannot be reached right now.";
       retryIn = 15000;

@@ -1,5 +1,6 @@
-/* Document view: the whole text of one document with the cited span [start, end) marked.
-   Server text only ever enters the page as text nodes. */
+/* Document view: the whole text of one document with the cited span [start, end) marked, when
+   the span is a citation: a run of the document's whole sentences, as every passage and answer
+   sentence is. Server text only ever enters the page as text nodes. */
 (() => {
   "use strict";
 
@@ -9,6 +10,8 @@
   const meta = document.getElementById("document-meta");
   const loading = document.getElementById("document-loading");
   const body = document.getElementById("document-text");
+  // The collection's name, which the server renders into the page (no inline script).
+  const siteName = document.querySelector('meta[name="application-name"]')?.content || "Documents";
 
   function el(tag, className, text) {
     const node = document.createElement(tag);
@@ -55,21 +58,25 @@
     body.before(node);
   }
 
-  /** The cited span from the query string, or a reason why there is none. */
-  function citedSpan(length) {
+  /** The cited span from the query string, or a reason why there is none. A link can name any
+      span, so only one that starts where a sentence starts and ends where one ends is shown as
+      a cited passage. */
+  function citedSpan(sentences) {
     const [start, end] = [params.get("start"), params.get("end")];
     if (start === null && end === null) {
       return { reason: "This link does not point at a passage, so nothing is highlighted." };
     }
-    const valid = /^\d+$/.test(start ?? "") && /^\d+$/.test(end ?? "") &&
-      Number(start) < Number(end) && Number(end) <= length;
-    if (!valid) {
+    const numbers = /^\d+$/.test(start ?? "") && /^\d+$/.test(end ?? "");
+    const [a, b] = [Number(start), Number(end)];
+    const cited = numbers && a < b &&
+      sentences.some(([s]) => s === a) && sentences.some(([, e]) => e === b);
+    if (!cited) {
       return {
-        reason: "The passage this link points at is not in this document, so nothing is " +
+        reason: "The span this link points at is not a passage of this document, so nothing is " +
           "highlighted. The whole document is shown.",
       };
     }
-    return { start: Number(start), end: Number(end) };
+    return { start: a, end: b };
   }
 
   function formatDate(value) {
@@ -83,11 +90,10 @@
     loading.remove(); // before scrolling, so the layout no longer shifts
     const title = doc.title || doc.id;
     heading.textContent = title;
-    document.title = `${title} · Ask the reports`;
+    document.title = `${title} · ${siteName}`;
 
     const text = doc.text || "";
-    const length = hasAstral(text) ? Array.from(text).length : text.length;
-    const span = citedSpan(length);
+    const span = citedSpan(doc.sentences || []);
     const m = doc.metadata || {};
     const items = [];
     if (doc.source) items.push(sourceNode(doc.source));
@@ -144,7 +150,7 @@
       heading.textContent = "Document not found";
       say("error", `No document with id “${id}”.`);
     } else if (response.status === 503) {
-      say("error", "The service is still loading the reports. Please reload this page in a few seconds.");
+      say("error", "The service is still loading the documents. Please reload this page in a few seconds.");
     } else {
       let detail = null;
       try {

@@ -14,7 +14,7 @@
   const MAX_ANSWER_CHARS = 8000;
   const EXCERPT_CHARS = 200;
   const NETWORK_MESSAGE = "Could not reach the question service.";
-  const title = (script && script.dataset.title) || "Ask the reports";
+  const title = (script && script.dataset.title) || "Ask the documents";
   const api = apiBase();
 
   const CSS = `
@@ -119,7 +119,7 @@
   const log = el("div", "qa-log");
   log.setAttribute("role", "log");
   log.setAttribute("aria-live", "polite");
-  const intro = "Ask about the reports. Answers are quoted from the documents, with links to the passages.";
+  const intro = "Ask about the documents. Answers are quoted from them, with links to the passages.";
   log.append(el("p", "qa-intro", intro));
   const form = el("form", "qa-form");
   const label = el("label", "qa-hidden", "Your question");
@@ -181,8 +181,8 @@
       box.append(answer);
     } else {
       box.append(el("p", "qa-abstained", passages.length
-        ? "No passage in the reports answers this confidently. The nearest passages are shown for reference."
-        : "No passage in the reports answers this."));
+        ? "No passage in the documents answers this confidently. The nearest passages are shown for reference."
+        : "No passage in the documents answers this."));
     }
     const list = el("ul", "qa-passages");
     for (const p of passages.slice(0, 3)) {
@@ -221,7 +221,7 @@
     while (messages.length > 1 && messages[0].role !== "user") messages.shift();
     const turn = el("div", "qa-msg qa-user", question);
     log.append(turn);
-    const pending = el("div", "qa-msg qa-pending", "Searching the reports…");
+    const pending = el("div", "qa-msg qa-pending", "Searching the documents…");
     log.append(pending);
     log.scrollTop = log.scrollHeight;
     busy = true;

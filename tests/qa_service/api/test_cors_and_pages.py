@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -66,8 +69,10 @@ def test_a_path_is_not_an_origin(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/document?id=x&start=0&end=1", "/static/index.html", "/static/chat.js"]
-)
+    "path",
+    ["/", "/document?id=x&start=0&end=1", "/static/chat.js", "/docs", "/docs/oauth2-redirect",
+     "/docs/assets/swagger-ui-bundle.js"],
+)  # fmt: skip
 def test_pages_are_served_with_a_strict_policy(client: TestClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 200
@@ -84,3 +89,57 @@ def test_widget_script_is_served(client: TestClient) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/javascript")
     assert "/v1/chat" in response.text
+
+
+@pytest.mark.parametrize("path", ["/docs", "/docs/oauth2-redirect"])
+def test_the_docs_pages_allow_only_their_own_inline_scripts(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    scripts = re.findall(r"<script>(.*?)</script>", response.text, re.DOTALL)
+    assert scripts
+    hashes = {"'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
+              for s in scripts}  # fmt: skip
+    policy = dict(
+        directive.strip().split(" ", 1)
+        for directive in response.headers["content-security-policy"].split(";")
+    )
+    assert set(policy["script-src"].split()) == {"'self'", *hashes}
+    assert "unsafe" not in response.headers["content-security-policy"]
+
+
+def test_the_docs_load_their_files_from_the_service(client: TestClient) -> None:
+    page = client.get("/docs").text
+    files = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert len(files) == 3  # Swagger UI's script, its stylesheet and the icon
+    for url in files:
+        assert url.startswith("/docs/assets/"), url
+        assert client.get(url).status_code == 200
+    assert "'/openapi.json'" in page
+
+
+@pytest.mark.parametrize("path", ["/redoc", "/static/index.html", "/static/document.html"])
+def test_no_redoc_and_no_raw_page_templates(client: TestClient, path: str) -> None:
+    assert client.get(path).status_code == 404
+
+
+def test_the_page_title_and_tagline_are_text(settings: Settings, service: QAService) -> None:
+    named = settings.model_copy(
+        update={"page_title": 'Notes <script>x()</script> & "co"', "page_tagline": "<b>Field</b>"}
+    )
+    with TestClient(create_app(named, service)) as named_client:
+        chat, document = named_client.get("/").text, named_client.get("/document?id=x").text
+    title = "Notes &lt;script&gt;x()&lt;/script&gt; &amp; &quot;co&quot;"
+    assert f'<h1 id="page-title">{title}</h1>' in chat
+    assert f"<title>{title}</title>" in chat and f"<title>Document · {title}</title>" in document
+    assert '<meta name="application-name" content="' + title + '">' in document
+    assert "&lt;b&gt;Field&lt;/b&gt;" in chat
+    assert "<script>" not in chat + document and "<b>" not in chat
+
+
+def test_the_page_title_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QA_PAGE_TITLE", "Ask the Western Balkans reports")
+    monkeypatch.setenv("QA_PAGE_TAGLINE", "Reports on child trafficking.")
+    settings = Settings()
+    assert (settings.page_title, settings.page_tagline) == (
+        "Ask the Western Balkans reports",
+        "Reports on child trafficking.",
+    )

@@ -9,13 +9,22 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
 
+import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+import uvicorn
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
-from tests.qa_service.conftest import Site
+from qa_service.api import create_app
+from qa_service.config import Settings
+from qa_service.service import QAService
+from tests.qa_service.conftest import Site, free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 ARTIFACTS = Path(os.environ.get("QA_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "browser"
@@ -160,3 +169,130 @@ def test_questions_in_the_languages_of_the_region_are_kept_intact(page: Page, se
     expect(page.locator(".message.user").last).to_have_text(question)
     reply = page.locator(".message.assistant").last
     expect(reply.locator(".passage[data-rank]")).to_have_count(5)
+
+
+def test_the_api_docs_come_from_the_service_alone(page: Page, server: str) -> None:
+    requested: list[str] = []
+    refused: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.on("console", lambda message: refused.append(message.text) if _is_csp(message) else None)
+    page.goto(server + "/docs")
+    operation = page.locator(".opblock").filter(
+        has=page.locator(".opblock-summary-path[data-path='/v1/ask']")
+    )
+    expect(operation).to_be_visible()
+    # Trying an operation from the page calls the API, the same origin, under the page's policy.
+    operation.locator(".opblock-summary").click()
+    operation.get_by_role("button", name="Try it out").click()
+    operation.get_by_role("button", name="Execute").click()
+    expect(operation.locator(".live-responses-table tbody .response-col_status")).to_have_text(
+        "200"
+    )
+    expect(operation.locator(".live-responses-table")).to_contain_text('"answerable"')
+    origin = urlsplit(server)
+    elsewhere = [url for url in requested if urlsplit(url)[:2] != origin[:2]]
+    assert requested and not elsewhere, elsewhere
+    assert any(url.endswith("/docs/assets/swagger-ui-bundle.js") for url in requested)
+    assert not refused, refused
+
+
+def _is_csp(message: ConsoleMessage) -> bool:
+    return "Content Security Policy" in message.text
+
+
+def test_the_chat_page_has_the_default_title(page: Page, server: str) -> None:
+    defaults = Settings.model_fields
+    page.goto(server + "/")
+    expect(page).to_have_title(str(defaults["page_title"].default))
+    expect(page.locator("h1")).to_have_text(str(defaults["page_title"].default))
+    expect(page.locator(".tagline")).to_have_text(str(defaults["page_tagline"].default))
+
+
+TITLE = 'Notes <script>window.injected = 1</script> & "minutes"'
+TAGLINE = "Field <b>notes</b> from 2024 & 2025"
+
+
+@pytest.fixture(scope="module")
+def named_server(settings: Settings, service: QAService) -> Iterator[str]:
+    """The app over the same index, with the collection named by settings, on loopback."""
+    named = settings.model_copy(
+        update={"page_title": TITLE, "page_tagline": TAGLINE, "index_check_seconds": 0}
+    )
+    port = free_port()
+    config = uvicorn.Config(create_app(named, service), host="127.0.0.1", port=port,
+                            log_level="warning")  # fmt: skip
+    uvicorn_server = uvicorn.Server(config)
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not uvicorn_server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_a_configured_title_shows_as_text(page: Page, named_server: str) -> None:
+    page.goto(f"{named_server}/document?id=002_1e161a6a470d0d70")
+    expect(page.locator("#document-text")).to_contain_text("Skopje")
+    expect(page).to_have_title(re.compile(rf" · {re.escape(TITLE)}$"))
+    page.goto(named_server + "/")
+    expect(page).to_have_title(TITLE)
+    expect(page.locator("h1")).to_have_text(TITLE)
+    expect(page.locator(".tagline")).to_have_text(TAGLINE)
+    expect(page.locator("header script, header b")).to_have_count(0)
+    assert page.evaluate("window.injected") is None
+
+
+QUESTION = "Which bodies supported the first joint investigation team?"
+
+
+@pytest.fixture(scope="module")
+def cited(server: str) -> dict[str, Any]:
+    """The passage that holds the answer to QUESTION, as /v1/ask returns it."""
+    reply = httpx.post(server + "/v1/ask", json={"question": QUESTION}, timeout=60).json()
+    passage: dict[str, Any] = reply["passages"][reply["answer"]["passage_rank"] - 1]
+    return passage
+
+
+def _document_link(server: str, passage: dict[str, Any], start: int, end: int) -> str:
+    return f"{server}/document?id={quote(passage['document_id'])}&start={start}&end={end}"
+
+
+def _answer_span(passage: dict[str, Any]) -> tuple[int, int]:
+    """The answer sentence's span in the document."""
+    highlight = passage["highlight"]
+    return passage["start"] + highlight["start"], passage["start"] + highlight["end"]
+
+
+def test_a_real_citation_is_highlighted(page: Page, server: str, cited: dict[str, Any]) -> None:
+    page.goto(_document_link(server, cited, cited["start"], cited["end"]))
+    expect(page.locator("#cited")).to_have_text(cited["text"])
+    start, end = _answer_span(cited)
+    page.goto(_document_link(server, cited, start, end))
+    expect(page.locator("#cited")).to_have_text(
+        cited["text"][start - cited["start"] : end - cited["start"]]
+    )
+    expect(page.locator("#cited")).to_be_in_viewport()
+    expect(page.get_by_role("link", name="Go to the cited passage")).to_be_visible()
+    expect(page.locator(".notice")).to_have_count(0)
+
+
+def test_a_crafted_span_is_not_highlighted(page: Page, server: str, cited: dict[str, Any]) -> None:
+    # Inside the answer sentence: neither bound is a sentence's.
+    start, end = _answer_span(cited)
+    page.goto(_document_link(server, cited, start + 4, end - 3))
+    expect(page.locator(".notice")).to_have_text(
+        "The span this link points at is not a passage of this document, so nothing is "
+        "highlighted. The whole document is shown."
+    )
+    expect(page.locator("#document-text")).to_contain_text(cited["text"][:60])
+    expect(page.locator("mark")).to_have_count(0)
+    expect(page.get_by_text("cited passage")).to_have_count(0)
+    # A sentence's start with an end in mid-sentence is no citation either.
+    page.goto(_document_link(server, cited, start, end - 3))
+    expect(page.locator(".notice")).to_be_visible()
+    expect(page.locator("mark")).to_have_count(0)
