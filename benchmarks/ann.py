@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._server import SHARED_EVAL, rss_mib  # noqa: E402
-from embeddings import VectorIndex, load_encoder  # noqa: E402
+from embeddings import MINILM_MODEL, VectorIndex, load_encoder  # noqa: E402
 from embeddings.index import IndexConfig  # noqa: E402
 from qa_service.corpus.chunking import PassageSplitter  # noqa: E402
 from qa_service.errors import QAError  # noqa: E402
@@ -63,7 +63,7 @@ def _cached_scifact(model: str) -> IndexData | None:
 
 def real_vectors(batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """SciFact passage and sentence vectors (the base) and the questions' vectors."""
-    encoder = load_encoder()
+    encoder = load_encoder(MINILM_MODEL)
     folder = SHARED_EVAL / "scifact"
     benchmark = load_beir(folder, available_splits(folder)[0])
     started = time.perf_counter()

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._server import rss_mib  # noqa: E402
-from embeddings import VectorIndex, load_encoder  # noqa: E402
+from embeddings import MINILM_MODEL, VectorIndex, load_encoder  # noqa: E402
 from embeddings.files import file_sha256  # noqa: E402
 from embeddings.index import IndexConfig  # noqa: E402
 from qa_service.config import Settings  # noqa: E402
@@ -118,7 +118,7 @@ def large_index(corpus: Path, index_dir: Path, passages: int) -> None:
     """A synthetic index of about `passages` passages: SciFact copied under new ids."""
     from benchmarks.ann import _cached_scifact
 
-    encoder = load_encoder()
+    encoder = load_encoder(MINILM_MODEL)
     base = _cached_scifact(encoder.name)
     if base is None:
         raise SystemExit("no cached SciFact index: run `python benchmarks/ann.py` first")
@@ -215,7 +215,7 @@ def main() -> None:
           f"{import_seconds(args.runs):.2f} s")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="qa-bench-cold-") as tmp:
         index_dir = Path(tmp) / "default-index"
-        encoder = load_encoder()
+        encoder = load_encoder(MINILM_MODEL)
         spec = IndexSpec(ROOT / "corpus", index_dir, encoder, PassageSplitter(encoder, 96, 1))
         _, built = build_index(spec)
         print(f"default corpus: {built.documents} documents, {built.passages} passages")

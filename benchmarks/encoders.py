@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     args = parser.parse_args()
 
-    from embeddings import DEFAULT_MODEL, Encoder, load_encoder
+    from embeddings import MINILM_MODEL, Encoder, load_encoder
     from embeddings.onnx import OnnxEncoder
     from qa_service.corpus.chunking import PassageSplitter
     from qa_service.corpus.documents import load_corpus
@@ -83,7 +83,7 @@ def main() -> None:
     encoders: dict[str, Encoder] = {}
     for backend in args.backends:
         started = time.perf_counter()
-        encoder = load_encoder(DEFAULT_MODEL, backend, cache)
+        encoder = load_encoder(MINILM_MODEL, backend, cache)
         seconds = time.perf_counter() - started
         if isinstance(encoder, OnnxEncoder):
             print(f"{backend}: exported to {encoder.model_path.name} in {seconds:.1f} s "
@@ -108,7 +108,7 @@ def main() -> None:
     for backend, encoder in encoders.items():
         encoder.encode_passages(passages[:32])  # warm
         row: dict[str, Any] = {"backend": backend, "name": encoder.name}
-        row["load_s"] = load_seconds(DEFAULT_MODEL, backend, cache, args.load_repeats)
+        row["load_s"] = load_seconds(MINILM_MODEL, backend, cache, args.load_repeats)
         row["passages_per_s"] = throughput(encoder.encode_passages, passages, args.rounds)
         row["sentences_per_s"] = throughput(encoder.encode_passages, sentences, args.rounds)
         latencies = []

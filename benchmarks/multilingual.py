@@ -28,7 +28,7 @@ from qa_service.query.pipeline import AskOptions
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from embeddings import DEFAULT_MODEL, E5_MODEL, load_encoder  # noqa: E402
+from embeddings import E5_MODEL, MINILM_MODEL, load_encoder  # noqa: E402
 from qa_service.config import Settings  # noqa: E402
 from qa_service.index.build import IndexSpec, build_index  # noqa: E402
 from qa_service.service import QAService, make_splitter  # noqa: E402
@@ -106,7 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--corpus-dir", type=Path, default=ROOT / "corpus")
-    parser.add_argument("--models", nargs="+", default=[DEFAULT_MODEL, E5_MODEL])
+    parser.add_argument("--models", nargs="+", default=[MINILM_MODEL, E5_MODEL])
     args = parser.parse_args()
     asked = questions()
     for model in args.models:

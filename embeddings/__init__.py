@@ -1,8 +1,8 @@
 """Models and vectors: loading an embedding model offline, encoding, and the FAISS index."""
 
 from embeddings.base import (
-    DEFAULT_MODEL,
     E5_MODEL,
+    MINILM_MODEL,
     Encoder,
     ModelNotAvailableError,
     Span,
@@ -12,9 +12,9 @@ from embeddings.factory import ENCODER_BACKENDS, EncoderBackend, load_encoder
 from embeddings.index import IndexConfig, IndexFormatError, VectorIndex
 
 __all__ = [
-    "DEFAULT_MODEL",
     "E5_MODEL",
     "ENCODER_BACKENDS",
+    "MINILM_MODEL",
     "Encoder",
     "EncoderBackend",
     "IndexConfig",

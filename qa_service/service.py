@@ -11,18 +11,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from embeddings import Encoder, Vectors, load_encoder
+from embeddings import Encoder, EncoderBackend, Vectors, load_encoder
 from embeddings.batching import QueryBatcher, QueueTimeoutError
-from qa_service.config import Settings
+from embeddings.factory import INT8_SUFFIX
+from qa_service.config import DEFAULT_MODEL, Settings
 from qa_service.corpus.chunking import PassageSplitter
 from qa_service.corpus.documents import Document
 from qa_service.errors import (
     DocumentNotFoundError,
     IndexBusyError,
+    IndexCorruptError,
+    IndexNotFoundError,
+    IndexReplacedError,
     IndexStaleError,
     QAError,
     ReadOnlyError,
@@ -30,8 +35,14 @@ from qa_service.errors import (
 )
 from qa_service.index.build import IndexSpec
 from qa_service.index.encode import ProgressFactory
-from qa_service.index.staleness import ensure_index
-from qa_service.index.store import IndexData, current_generation_name, index_lock, load_index
+from qa_service.index.staleness import ensure_index, settings_reasons
+from qa_service.index.store import (
+    IndexData,
+    current_generation_name,
+    index_lock,
+    load_index,
+    read_manifest,
+)
 from qa_service.index.writes import DocumentUpdater, NewDocument, WriteMode, WriteResult
 from qa_service.models import Mode, profile_for
 from qa_service.query.answering import Answer
@@ -45,6 +56,35 @@ logger = logging.getLogger(__name__)
 WRITE_LOCK_TIMEOUT = 60.0
 
 
+class FairLock:
+    """A lock granted in the order it was asked for (`threading.Lock` promises no order), so
+    that a write is never overtaken by later ones until its wait runs out."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._queue: deque[object] = deque()
+        self._held = False
+
+    def acquire(self, timeout: float) -> bool:
+        ticket = object()
+        with self._changed:
+            self._queue.append(ticket)
+            if not self._changed.wait_for(
+                lambda: not self._held and self._queue[0] is ticket, timeout
+            ):
+                self._queue.remove(ticket)
+                self._changed.notify_all()  # the next in line may be free to go now
+                return False
+            self._queue.popleft()
+            self._held = True
+            return True
+
+    def release(self) -> None:
+        with self._changed:
+            self._held = False
+            self._changed.notify_all()
+
+
 @dataclass(frozen=True)
 class TimedAnswer:
     answer: Answer
@@ -53,10 +93,26 @@ class TimedAnswer:
     documents: dict[str, Document]
 
 
+def configured_model(settings: Settings) -> tuple[str, EncoderBackend]:
+    """The model to load and its backend: QA_MODEL when set; otherwise the model the index was
+    built with, so that every command reads an index with the model that wrote it; otherwise,
+    for a new index, the product's default."""
+    if settings.model is not None:
+        return settings.model, settings.encoder_backend
+    try:
+        recorded = read_manifest(settings.index_dir).model
+    except (IndexNotFoundError, IndexCorruptError):
+        return DEFAULT_MODEL, settings.encoder_backend
+    if recorded.endswith(INT8_SUFFIX):  # the quantised ONNX build of a model
+        return recorded.removesuffix(INT8_SUFFIX), "onnx-int8"
+    return recorded, settings.encoder_backend
+
+
 def load_configured_encoder(settings: Settings) -> Encoder:
-    """The configured model on the configured backend; an ONNX export is cached beside the
-    index, in `<index_dir>/models`."""
-    return load_encoder(settings.model, settings.encoder_backend, settings.index_dir / "models")
+    """The configured model (`configured_model`); an ONNX export is cached beside the index, in
+    `<index_dir>/models`."""
+    model, backend = configured_model(settings)
+    return load_encoder(model, backend, settings.index_dir / "models")
 
 
 def make_splitter(settings: Settings, encoder: Encoder) -> PassageSplitter:
@@ -73,11 +129,18 @@ def index_spec(settings: Settings, encoder: Encoder) -> IndexSpec:
 
 
 def ensure_configured_index(
-    settings: Settings, encoder: Encoder, progress: ProgressFactory | None = None
+    settings: Settings,
+    encoder: Encoder,
+    progress: ProgressFactory | None = None,
+    owner: bool = True,
 ) -> IndexData:
     """The configured index, built first if there is none, rebuilt (or refused, with
-    QA_REBUILD_STALE_INDEX=false) if it no longer fits the settings."""
-    return ensure_index(index_spec(settings, encoder), settings.rebuild_stale_index, progress)
+    QA_REBUILD_STALE_INDEX=false) if it no longer fits the settings.
+
+    Only its `owner` (`qa serve`) rebuilds it for another model or other settings; other
+    commands refuse with the fix (`index/staleness.ensure_index`)."""
+    spec = index_spec(settings, encoder)
+    return ensure_index(spec, settings.rebuild_stale_index, progress, rebuild_for_settings=owner)
 
 
 class QAService:
@@ -108,7 +171,11 @@ class QAService:
         # Concurrent requests share model calls (embeddings/batching.py).
         self.queries = QueryBatcher(encoder.encode_queries, max_wait=max_wait)
         self._updater = updater
-        self._write_lock = threading.Lock()  # in-process writers; `index_lock` across processes
+        self._write_lock = FairLock()  # in-process writers; `index_lock` across processes
+        # Why the index folder's current generation is not the one served (None: it is), and
+        # that generation's name, so that it is reported once, not at every check.
+        self.index_problem: str | None = None
+        self._refused_generation: str | None = None
 
     def _new_pipeline(
         self, index: IndexData, previous: QueryPipeline | None = None
@@ -131,11 +198,13 @@ class QAService:
         settings: Settings,
         encoder: Encoder | None = None,
         progress: ProgressFactory | None = None,
+        owner: bool = True,
     ) -> QAService:
+        """The service over the configured index; see `ensure_configured_index` for `owner`."""
         started = time.perf_counter()
         loaded = encoder or load_configured_encoder(settings)
         model_seconds = time.perf_counter() - started
-        index = ensure_configured_index(settings, loaded, progress)
+        index = ensure_configured_index(settings, loaded, progress, owner)
         updater = DocumentUpdater(index_spec(settings, loaded))
         service = cls(
             loaded, index, settings.min_score, settings.top_k, settings.mode,
@@ -206,8 +275,10 @@ class QAService:
     ) -> list[WriteResult]:
         """Add documents (`create`), or add or replace them (`upsert`)."""
         updater = self._require_updater()
+        # Encoded before the locks: a large document does not hold up the writes queued behind.
+        prepared = updater.prepare(self.index, items, mode)
         with self._writing():
-            data, results = updater.write(self.index, items, mode)
+            data, results = updater.commit(self.index, prepared, mode)
             self._pipeline = self._new_pipeline(data, self._pipeline)
         return results
 
@@ -225,13 +296,16 @@ class QAService:
         if self._updater is None:
             return False
         index_dir = self._updater.spec.index_dir
-        if current_generation_name(index_dir) in (None, self.index.generation):
+        current = current_generation_name(index_dir)
+        if current in (None, self.index.generation, self._refused_generation):
             return False
         try:
             with self._writing(timeout=0.5):
                 pass  # `_writing` reloads
         except IndexBusyError:
             return False  # a writer is at work; the next check or write takes its result up
+        except IndexReplacedError:
+            return False  # logged once and kept in `index_problem`
         return True
 
     def _require_updater(self) -> DocumentUpdater:
@@ -252,18 +326,35 @@ class QAService:
             self._write_lock.release()
 
     def _reload_if_replaced(self, spec: IndexSpec) -> None:
+        """Take up the generation another process made current. One this service cannot serve
+        (another model, other settings, damage) is refused: questions go on being answered from
+        the generation it has, and writes, which would overwrite the other, are refused."""
         current = current_generation_name(spec.index_dir)
         if current is None or current == self.index.generation:
             return
-        try:
-            pipeline = self._new_pipeline(
-                load_index(spec.index_dir, spec.index_config), self._pipeline
-            )
-        except QAError as exc:
-            logger.error("not taking up the index generation %s: %s", current, exc)
-            raise
-        logger.info("took up index generation %s, written by another process", current)
-        self._pipeline = pipeline
+        if current != self._refused_generation:
+            try:
+                data = load_index(spec.index_dir, spec.index_config)
+                if problems := settings_reasons(data.manifest, spec):
+                    raise IndexStaleError("; ".join(problems))
+                pipeline = self._new_pipeline(data, self._pipeline)
+            except QAError as exc:
+                self._refused_generation = current
+                self.index_problem = (
+                    f"another process made index generation {current} current, which this "
+                    f"server cannot serve ({exc}); it answers from generation "
+                    f"{self.index.generation} and refuses writes. Restart it with the settings "
+                    "that index was built with, or rebuild the index with this server's "
+                    "settings (`qa index`)."
+                )
+                logger.error("%s", self.index_problem)
+            else:
+                self._refused_generation = self.index_problem = None
+                logger.info("took up index generation %s, written by another process", current)
+                self._pipeline = pipeline
+                return
+        assert self.index_problem is not None
+        raise IndexReplacedError(self.index_problem)
 
     def document(self, document_id: str) -> Document:
         try:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from embeddings import E5_MODEL, Encoder, load_encoder
+from embeddings import E5_MODEL, MINILM_MODEL, Encoder, load_encoder
 from qa_service.api import create_app
 from qa_service.config import Settings
 from qa_service.service import QAService
@@ -24,7 +24,7 @@ DEV_QUESTIONS = SHARED / "eval" / "seed_dev_questions.jsonl"
 
 @pytest.fixture(scope="session")
 def encoder() -> Encoder:
-    return load_encoder()
+    return load_encoder(MINILM_MODEL)
 
 
 @pytest.fixture(scope="session")

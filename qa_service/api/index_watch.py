@@ -20,5 +20,5 @@ async def watch_index(service: Callable[[], QAService | None], every_seconds: fl
             continue
         try:
             await asyncio.to_thread(current.refresh)
-        except Exception:
+        except Exception:  # refresh reports what it refuses itself; anything else is a bug
             logger.exception("could not take up the index written by another process")

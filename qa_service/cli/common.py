@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +34,23 @@ IndexOpt = Annotated[
 ]
 ModelOpt = Annotated[
     str | None, typer.Option("--model", help="Model name or local folder [env QA_MODEL].")
+]
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="QA_URL",
+        help="Use the server at this address instead of the index folder [env QA_URL].",
+    ),
+]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="QA_API_KEY",
+        help="API key for --url [env QA_API_KEY].",
+        show_default=False,
+    ),
 ]
 
 
@@ -72,10 +93,35 @@ class ProgressBars:
             bar.close()
 
 
-def load_service(settings: Settings) -> QAService:
+def load_service(settings: Settings, owner: bool = False) -> QAService:
+    """The query service over the configured index. Only `qa serve` is its `owner`: the other
+    commands never rebuild it for another model or other settings (a server may be serving it),
+    they refuse with the fix."""
     bars = ProgressBars()
     try:
         with user_errors():
-            return QAService.from_settings(settings, progress=bars)
+            return QAService.from_settings(settings, progress=bars, owner=owner)
     finally:
         bars.close()
+
+
+def remote(
+    method: str, url: str, api_key: str | None, body: bytes | None = None, content_type: str = ""
+) -> Any:
+    headers = {"Accept": "application/json"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            text = response.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            detail = str(json.loads(detail)["detail"])
+        fail(f"{method} {url}: {exc.code}: {detail}", code=1)
+    except urllib.error.URLError as exc:
+        fail(f"cannot reach {url}: {exc.reason}", code=1)
+    return json.loads(text) if text else None

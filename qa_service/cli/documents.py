@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import quote
 
 import typer
@@ -19,37 +13,22 @@ from rich.markup import escape
 from qa_service.cli.common import (
     CorpusOpt,
     IndexOpt,
+    KeyOpt,
     ModelOpt,
     ProgressBars,
+    UrlOpt,
     fail,
     out,
+    remote,
     settings_from_flags,
     user_errors,
 )
 from qa_service.config import Settings
 from qa_service.corpus.documents import id_from_filename
 from qa_service.errors import DocumentExistsError
-from qa_service.index.store import IndexData, index_lock
-from qa_service.index.writes import DocumentUpdater, NewDocument
+from qa_service.index.store import IndexData, current_generation_name, index_lock, load_index
+from qa_service.index.writes import DocumentUpdater, NewDocument, WriteMode
 from qa_service.service import ensure_configured_index, index_spec, load_configured_encoder
-
-UrlOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--url",
-        envvar="QA_URL",
-        help="Write through the server at this address instead of the index folder [env QA_URL].",
-    ),
-]
-KeyOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--api-key",
-        envvar="QA_API_KEY",
-        help="API key for --url [env QA_API_KEY].",
-        show_default=False,
-    ),
-]
 
 
 def add(
@@ -88,16 +67,19 @@ def add(
     if url:
         for given, new, name in items:
             method, target = ("PUT", f"/{quote(given)}") if replace else ("POST", "")
-            body = _remote(method, f"{url.rstrip('/')}/v1/documents{target}", api_key,
+            body = remote(method, f"{url.rstrip('/')}/v1/documents{target}", api_key,
                            *_multipart(given, name, new.data))  # fmt: skip
             _print_written(body["id"], body["passages"], "")
         return
     settings = settings_from_flags(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
-    with _writer(settings) as (writer, base):
+    mode: WriteMode = "upsert" if replace else "create"
+    writer, base = _writer(settings)
+    with user_errors():
         try:
-            _, results = writer.write(
-                base, [(given, new) for given, new, _ in items], "upsert" if replace else "create"
-            )
+            # Encoded without the index lock, so that a server's writes go on meanwhile.
+            prepared = writer.prepare(base, [(given, new) for given, new, _ in items], mode)
+            with index_lock(settings.index_dir):
+                _, results = writer.commit(_current(settings, base), prepared, mode)
         except DocumentExistsError as exc:
             fail(f"{exc}; --replace replaces it")
     for result in results:
@@ -116,30 +98,36 @@ def remove(
     """Remove documents from the index and their files from the corpus folder."""
     if url:
         for doc_id in ids:
-            _remote("DELETE", f"{url.rstrip('/')}/v1/documents/{quote(doc_id)}", api_key)
+            remote("DELETE", f"{url.rstrip('/')}/v1/documents/{quote(doc_id)}", api_key)
             out.print(f"Removed [bold]{escape(doc_id)}[/].")
         return
     settings = settings_from_flags(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
-    with _writer(settings) as (writer, base):
-        writer.remove(base, ids)
+    writer, base = _writer(settings)
+    with user_errors(), index_lock(settings.index_dir):
+        writer.remove(_current(settings, base), ids)
     out.print(f"Removed {', '.join(f'[bold]{escape(i)}[/]' for i in ids)}.")
 
 
-@contextmanager
-def _writer(settings: Settings) -> Iterator[tuple[DocumentUpdater, IndexData]]:
+def _writer(settings: Settings) -> tuple[DocumentUpdater, IndexData]:
     """The index folder's writer and its current index (built first if there is none, rebuilt
-    if stale, as `qa serve` would), under the index lock: a write needs the model and the index,
-    not the query service."""
+    if its corpus changed, as `qa serve` would): a write needs the model and the index, not the
+    query service."""
     bars = ProgressBars()
     try:
         with user_errors():
             encoder = load_configured_encoder(settings)
-            with index_lock(settings.index_dir):
-                base = ensure_configured_index(settings, encoder, bars)
-                bars.close()
-                yield DocumentUpdater(index_spec(settings, encoder)), base
+            base = ensure_configured_index(settings, encoder, bars, owner=False)
     finally:
         bars.close()
+    return DocumentUpdater(index_spec(settings, encoder)), base
+
+
+def _current(settings: Settings, seen: IndexData) -> IndexData:
+    """The current generation (the caller holds the index lock): `seen`, unless another
+    process wrote a newer one meanwhile."""
+    if current_generation_name(settings.index_dir) == seen.generation:
+        return seen
+    return load_index(settings.index_dir, settings.index_config())
 
 
 def _print_written(doc_id: str, passages: int, note: str) -> None:
@@ -159,25 +147,3 @@ def _multipart(doc_id: str, filename: str, data: bytes) -> tuple[bytes, str]:
         + f"\r\n--{boundary}--\r\n".encode()
     )
     return body, f"multipart/form-data; boundary={boundary}"
-
-
-def _remote(
-    method: str, url: str, api_key: str | None, body: bytes | None = None, content_type: str = ""
-) -> Any:
-    headers = {"Accept": "application/json"}
-    if content_type:
-        headers["Content-Type"] = content_type
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    request = urllib.request.Request(url, data=body, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=600) as response:
-            text = response.read()
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode("utf-8", "replace")
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            detail = str(json.loads(detail)["detail"])
-        fail(f"{method} {url}: {exc.code}: {detail}", code=1)
-    except urllib.error.URLError as exc:
-        fail(f"cannot reach {url}: {exc.reason}", code=1)
-    return json.loads(text) if text else None

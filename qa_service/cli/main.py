@@ -15,11 +15,14 @@ from qa_service.api.schemas import AskRequest, AskResponse
 from qa_service.cli.common import (
     CorpusOpt,
     IndexOpt,
+    KeyOpt,
     ModelOpt,
     ProgressBars,
+    UrlOpt,
     fail,
     load_service,
     out,
+    remote,
     settings_from_flags,
     user_errors,
 )
@@ -89,7 +92,7 @@ def serve(
     )
     configure_logging(json_lines=settings.log_json)
     _limit_malloc_arenas()
-    service = load_service(settings)
+    service = load_service(settings, owner=True)
     out.print(
         f"Serving {len(service.index.documents)} documents on http://{settings.host}:{settings.port}"
     )
@@ -115,6 +118,8 @@ def ask(
         str | None, typer.Option(help="dense, lexical or hybrid [env QA_MODE].")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
     corpus_dir: CorpusOpt = None,
     index_dir: IndexOpt = None,
     model: ModelOpt = None,
@@ -126,18 +131,25 @@ def ask(
         )
     except ValidationError as exc:
         fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
-    settings = settings_from_flags(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
-    service = load_service(settings)
-    timed = service.ask(request.question, request.options())
-    response = AskResponse.from_answer(timed.answer, timed.documents, timed.took_ms)
+    threshold = min_score
+    if url:  # the server's model, index and threshold
+        body = request.model_dump_json(exclude_none=True).encode()
+        found = remote("POST", f"{url.rstrip('/')}/v1/ask", api_key, body, "application/json")
+        response = AskResponse.model_validate(found)
+    else:
+        settings = settings_from_flags(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
+        service = load_service(settings)
+        with user_errors():
+            timed = service.ask(request.question, request.options())
+        response = AskResponse.from_answer(timed.answer, timed.documents, timed.took_ms)
+        threshold = service.threshold(request.mode) if min_score is None else min_score
     if as_json:
         print(response.model_dump_json(indent=2))
         return
-    threshold = service.threshold(request.mode) if min_score is None else min_score
     _print_answer(response, threshold)
 
 
-def _print_answer(response: AskResponse, min_score: float) -> None:
+def _print_answer(response: AskResponse, min_score: float | None) -> None:
     if response.answer is not None:
         out.print(
             f"[bold]Answer[/] [{response.answer.passage_rank}]: {escape(response.answer.text)}\n"
@@ -145,8 +157,9 @@ def _print_answer(response: AskResponse, min_score: float) -> None:
     elif response.passages:
         best = response.passages[0].score
         out.print(
-            f"[bold yellow]No passage is relevant enough to answer[/] (best score {best:.2f} "
-            f"< threshold {min_score:.2f}). The nearest passages:\n"
+            f"[bold yellow]No passage is relevant enough to answer[/] (best score {best:.2f}, "
+            + ("below the server's threshold" if min_score is None else f"< {min_score:.2f}")
+            + "). The nearest passages:\n"
         )
     for p in response.passages:
         page = f", page {p.page}" if p.page is not None else ""

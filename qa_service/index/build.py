@@ -132,13 +132,14 @@ def index_documents(
 
 
 def build_index(
-    spec: IndexSpec, progress: ProgressFactory | None = None
+    spec: IndexSpec, progress: ProgressFactory | None = None, cache: EmbeddingCache | None = None
 ) -> tuple[IndexData, BuildReport]:
     """Index every readable file below the corpus folder into the index folder, replacing what
     was there.
 
     Holds the index lock throughout, so that no document write lands in between reading the
-    corpus and saving; vectors of unchanged texts are taken from the index being replaced.
+    corpus and saving; vectors of unchanged texts are taken from the index being replaced, and
+    from `cache` (a write's documents, encoded already).
     """
     started = time.perf_counter()
     with index_lock(spec.index_dir):
@@ -146,15 +147,15 @@ def build_index(
         loaded = load_corpus(spec.corpus_dir)
         if not loaded.documents:
             raise ValueError(f"no readable documents in {spec.corpus_dir}; nothing to index")
-        cache = previous_index_cache(spec.index_dir, spec.encoder)
+        cache = previous_index_cache(spec.index_dir, spec.encoder, cache)
         data = index_documents(
             loaded.documents, spec.encoder, spec.splitter, fingerprint_of(files), spec.batch_size,
             progress, cache=cache, files=files, index_config=spec.index_config,
         )  # fmt: skip
         save_index(spec.index_dir, data)
-    if cache.hits:
+    if cache.reused:
         logger.info("reused %d vectors of the previous index; encoded %d texts",
-                    cache.hits, cache.misses)  # fmt: skip
+                    cache.reused, cache.encoded)  # fmt: skip
     report = BuildReport(
         index_dir=spec.index_dir,
         documents=len(data.documents),

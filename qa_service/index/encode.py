@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -102,12 +102,16 @@ def _unit_keys(windows: Sequence[Window], unit_texts: Sequence[str]) -> list[byt
 @dataclass
 class EmbeddingCache:
     """Vectors already encoded by one model: a passage's by a hash of its text, a sentence's by
-    a hash of the windows it was read in."""
+    a hash of the windows it was read in.
+
+    Vectors taken from an index (`add_index`) wait in `previous` until a text asks for them, so
+    that `reused` counts exactly the vectors a build did not have to encode again."""
 
     model: str
     vectors: dict[bytes, np.ndarray] = field(default_factory=dict)
-    hits: int = 0
-    misses: int = 0
+    previous: dict[bytes, np.ndarray] = field(default_factory=dict)
+    reused: int = 0  # vectors of `previous` used
+    encoded: int = 0  # texts run through the model
 
     def encode(
         self,
@@ -119,6 +123,7 @@ class EmbeddingCache:
         """Vectors of `texts`, encoding only the ones not cached yet."""
         self._check(encoder)
         keys = [_text_key(t) for t in texts]
+        self._take_previous(keys)
         missing = list(dict.fromkeys(k for k in keys if k not in self.vectors))
         if missing:
             wanted = set(missing)
@@ -127,8 +132,7 @@ class EmbeddingCache:
                 [first[k] for k in missing], batch_size=batch_size, on_batch=on_batch
             )
             self.vectors.update(zip(missing, encoded, strict=True))
-        self.misses += len(missing)
-        self.hits += len(texts) - len(missing)
+        self.encoded += len(missing)
         return self._stack(keys, encoder)
 
     def encode_windows(
@@ -146,6 +150,7 @@ class EmbeddingCache:
         self._check(encoder)
         passage_keys = [_text_key(w.text) for w in windows]
         unit_keys = _unit_keys(windows, unit_texts)
+        self._take_previous([*passage_keys, *unit_keys])
         missing = {k for k in unit_keys if k not in self.vectors}
         needed = [
             i for i, w in enumerate(windows)
@@ -177,9 +182,14 @@ class EmbeddingCache:
         if alone:
             vectors = encoder.encode_passages(list(alone.values()), batch_size=batch_size)
             self.vectors.update(zip(alone, vectors, strict=True))
-        self.misses += len(reads) + len(alone)
-        self.hits += len(windows) - len(needed)
+        self.encoded += len(reads) + len(alone)
         return self._stack(passage_keys, encoder), self._stack(unit_keys, encoder)
+
+    def _take_previous(self, keys: Iterable[bytes]) -> None:
+        for key in keys:
+            if key not in self.vectors and key in self.previous:
+                self.vectors[key] = self.previous.pop(key)
+                self.reused += 1
 
     def _check(self, encoder: Encoder) -> None:
         if encoder.name != self.model:
@@ -209,10 +219,10 @@ class EmbeddingCache:
             texts = spanner.indexed_texts(chunked) if spanner else [p.text for p in passages]
             if positions:
                 vectors = data.vectors.vectors(np.asarray(positions, dtype=np.int64))
-                self.vectors.update(zip(map(_text_key, texts), vectors, strict=True))
+                self.previous.update(zip(map(_text_key, texts), vectors, strict=True))
             if positions and data.context_vectors is not None:
                 contexts = context_texts(chunked, texts)
-                self.vectors.update(
+                self.previous.update(
                     (_text_key(text), data.context_vectors[i])
                     for i, text in zip(positions, contexts, strict=True)
                     if text is not None
@@ -222,7 +232,7 @@ class EmbeddingCache:
                 keys = _unit_keys(document_windows(chunked, texts), unit_texts)
                 offset = data.unit_offsets[doc_id]
                 vectors = data.unit_vectors[offset : offset + len(units)]
-                self.vectors.update(zip(keys, vectors, strict=True))
+                self.previous.update(zip(keys, vectors, strict=True))
 
 
 def _positions_by_document(
@@ -235,13 +245,18 @@ def _positions_by_document(
     return positions
 
 
-def previous_index_cache(index_dir: Path, encoder: Encoder) -> EmbeddingCache:
-    """The vectors of the index in `index_dir`, if it is readable and built with this model."""
-    cache = EmbeddingCache(encoder.name)
+def previous_index_cache(
+    index_dir: Path, encoder: Encoder, cache: EmbeddingCache | None = None
+) -> EmbeddingCache:
+    """`cache` (or a new one) with the vectors of the index in `index_dir`, if there is one,
+    it is readable and built with this model."""
+    cache = cache or EmbeddingCache(encoder.name)
     try:
         cache.add_index(load_index(index_dir), encoder)
-    except (IndexNotFoundError, IndexCorruptError) as exc:
-        logger.info("no vectors to reuse from %s: %s", index_dir, exc)
+    except IndexNotFoundError:
+        pass  # a first build: nothing to reuse, nothing to say
+    except IndexCorruptError as exc:
+        logger.warning("no vectors to reuse from %s: %s", index_dir, exc)
     return cache
 
 

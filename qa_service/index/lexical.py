@@ -9,6 +9,7 @@ words are mostly absent cannot score high by matching one common word.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,10 @@ import Stemmer
 from qa_service.corpus.words import STOPWORDS, WORD
 
 Scores = npt.NDArray[np.float32]
+
+# bm25s sets its own logger to DEBUG on import, so every index build logged a DEBUG line past
+# an INFO root; its warnings still get through.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 class Analyzer:

@@ -69,6 +69,7 @@ def update_index(
     terms: TermCache | None = None,
     batch_size: int = 32,
     index_config: IndexConfig | None = None,
+    cache: EmbeddingCache | None = None,
 ) -> IndexData:
     """A new in-memory index: `data` without the documents `remove`, plus `add` (an added
     document replaces one with its id). `data` itself is not changed.
@@ -80,7 +81,7 @@ def update_index(
     gone = set(remove) | {d.id for d in add}
     kept_ids = [doc_id for doc_id in data.documents if doc_id not in gone]
     kept = [i for i, p in enumerate(data.passages) if p.document_id not in gone]
-    cache = EmbeddingCache(encoder.name)
+    cache = cache or EmbeddingCache(encoder.name)  # vectors encoded already (writes.prepare)
     cache.add_index(data, encoder, only=gone & data.documents.keys())  # a replaced version
     chunked = [splitter.split(d) for d in add]
     new_passages = [p for c in chunked for p in c.passages]

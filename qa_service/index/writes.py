@@ -46,6 +46,7 @@ from qa_service.errors import (
     UnsupportedDocumentTypeError,
 )
 from qa_service.index.build import IndexSpec, build_index
+from qa_service.index.encode import EmbeddingCache, encode_documents
 from qa_service.index.store import IndexData, save_index
 from qa_service.index.update import TermCache, update_index
 
@@ -75,6 +76,15 @@ class NewDocument:
         if metadata:
             value["metadata"] = dict(metadata)
         return cls(json.dumps(value, ensure_ascii=False, indent=1).encode(), ".json")
+
+
+@dataclass(frozen=True)
+class PreparedWrite:
+    """Documents checked, loaded and encoded (`DocumentUpdater.prepare`), ready to commit."""
+
+    items: list[tuple[str, NewDocument]]
+    documents: list[Document]
+    cache: EmbeddingCache  # their passages' and sentences' vectors
 
 
 @dataclass(frozen=True)
@@ -156,42 +166,39 @@ class DocumentUpdater:
         self.spec = spec
         self._terms = TermCache()
 
-    def write(
+    def prepare(
         self, base: IndexData, items: Sequence[tuple[str, NewDocument]], mode: WriteMode
-    ) -> tuple[IndexData, list[WriteResult]]:
-        """Add documents (`create`: an id in use is refused) or add-or-replace (`upsert`).
+    ) -> PreparedWrite:
+        """Check, load and encode documents to add (`create`: an id in use is refused) or to
+        add or replace (`upsert`), with nothing written. The caller need not hold the index
+        lock: this is the slow part of a write, and other writes go on meanwhile.
 
-        Every item is checked before anything changes: one bad item refuses them all.
+        Every item is checked before anything is encoded: one bad item refuses them all.
         """
-        ids = [doc_id for doc_id, _ in items]
-        if len(set(ids)) != len(ids):
-            raise InvalidDocumentError("the same document id is given twice")
-        corpus_dir = self.spec.corpus_dir
-        metadata = read_metadata(corpus_dir) if (corpus_dir / METADATA_FILE).exists() else {}
-        documents: list[Document] = []
-        targets: list[Path] = []
-        for doc_id, new in items:
-            exists = doc_id in base.documents
-            if not exists and (problem := check_new_id(doc_id)) is not None:
-                raise InvalidDocumentError(problem)
-            if mode == "create" and (exists or document_files(corpus_dir, doc_id)):
-                raise DocumentExistsError(f"a document with id {doc_id!r} exists already")
-            suffix = new.suffix.lower()
-            if suffix not in LOADERS:
-                raise UnsupportedDocumentTypeError(
-                    f"unsupported file type {new.suffix or '(none)'!r}; supported: "
-                    f"{', '.join(LOADERS)}"
-                )
-            relative = f"{doc_id}{suffix}"
-            try:
-                document = load_document(
-                    new.data, suffix, doc_id, source=relative, metadata=metadata.get(doc_id)
-                )
-            except DocumentLoadError as exc:
-                raise InvalidDocumentError(f"document {doc_id!r} cannot be read: {exc}") from exc
-            documents.append(document)
-            targets.append(corpus_dir / relative)
+        documents = self._load(base, items, mode)
+        spec = self.spec
+        cache = EmbeddingCache(spec.encoder.name)
+        # A replaced version's vectors serve the sentences it shares with the new one.
+        cache.add_index(base, spec.encoder, only={d.id for d in documents} & base.documents.keys())
+        chunked = [spec.splitter.split(d) for d in documents]
+        encode_documents(
+            chunked, spec.splitter, spec.encoder, cache, base.unit_vectors is not None,
+            base.context_vectors is not None, spec.batch_size,
+        )  # fmt: skip
+        return PreparedWrite(list(items), documents, cache)
 
+    def commit(
+        self, base: IndexData, prepared: PreparedWrite, mode: WriteMode
+    ) -> tuple[IndexData, list[WriteResult]]:
+        """Write what `prepare` made, on `base`, the current generation (the caller holds the
+        index lock): the corpus files, then a new generation. What changed since `prepare` (an
+        id taken meanwhile, another document replaced) is checked again; what is not encoded
+        yet is encoded now."""
+        items, documents = prepared.items, prepared.documents
+        ids = [doc_id for doc_id, _ in items]
+        corpus_dir = self.spec.corpus_dir
+        self._check_ids(base, ids, mode)
+        targets = [corpus_dir / f"{doc_id}{new.suffix.lower()}" for doc_id, new in items]
         replaced = {doc_id: document_files(corpus_dir, doc_id) for doc_id in ids}
         files = self._files(base)
         data = None
@@ -202,7 +209,7 @@ class DocumentUpdater:
             for (_, new), target in zip(items, targets, strict=True):
                 digest = hashlib.sha256(new.data).hexdigest()
                 files[target.relative_to(corpus_dir).as_posix()] = digest
-            data = self._updated(base, files, add=documents)
+            data = self._updated(base, files, add=documents, cache=prepared.cache)
 
         change = _CorpusChange(corpus_dir)
         try:
@@ -211,7 +218,7 @@ class DocumentUpdater:
                 for path in replaced[doc_id]:
                     if path != target:
                         change.remove(path)
-            data = self._commit(data)
+            data = self._save(data, prepared.cache)
         except BaseException as exc:
             change.rollback()
             _raise_storage_error(exc)
@@ -245,7 +252,7 @@ class DocumentUpdater:
         try:
             for path in paths:
                 change.remove(path)
-            return self._commit(data)
+            return self._save(data)
         except BaseException as exc:
             change.rollback()
             _raise_storage_error(exc)
@@ -260,25 +267,63 @@ class DocumentUpdater:
         files = corpus_files(spec.corpus_dir, spec.index_dir / MEMO_FILE)
         return files if fingerprint_of(files) == base.manifest.corpus_fingerprint else None
 
+    def _load(
+        self, base: IndexData, items: Sequence[tuple[str, NewDocument]], mode: WriteMode
+    ) -> list[Document]:
+        ids = [doc_id for doc_id, _ in items]
+        if len(set(ids)) != len(ids):
+            raise InvalidDocumentError("the same document id is given twice")
+        self._check_ids(base, ids, mode)
+        corpus_dir = self.spec.corpus_dir
+        metadata = read_metadata(corpus_dir) if (corpus_dir / METADATA_FILE).exists() else {}
+        documents: list[Document] = []
+        for doc_id, new in items:
+            suffix = new.suffix.lower()
+            if suffix not in LOADERS:
+                raise UnsupportedDocumentTypeError(
+                    f"unsupported file type {new.suffix or '(none)'!r}; supported: "
+                    f"{', '.join(LOADERS)}"
+                )
+            relative = f"{doc_id}{suffix}"
+            try:
+                document = load_document(
+                    new.data, suffix, doc_id, source=relative, metadata=metadata.get(doc_id)
+                )
+            except DocumentLoadError as exc:
+                raise InvalidDocumentError(f"document {doc_id!r} cannot be read: {exc}") from exc
+            documents.append(document)
+        return documents
+
+    def _check_ids(self, base: IndexData, ids: Sequence[str], mode: WriteMode) -> None:
+        for doc_id in ids:
+            exists = doc_id in base.documents
+            if not exists and (problem := check_new_id(doc_id)) is not None:
+                raise InvalidDocumentError(problem)
+            if mode == "create" and (exists or document_files(self.spec.corpus_dir, doc_id)):
+                raise DocumentExistsError(f"a document with id {doc_id!r} exists already")
+
     def _updated(
         self,
         base: IndexData,
         files: dict[str, str],
         add: Sequence[Document] = (),
         remove: set[str] | None = None,
+        cache: EmbeddingCache | None = None,
     ) -> IndexData:
         spec = self.spec
         return update_index(
             base, spec.encoder, spec.splitter, remove=remove or set(), add=add, files=files,
             terms=self._terms, batch_size=spec.batch_size, index_config=spec.index_config,
+            cache=cache,
         )  # fmt: skip
 
-    def _commit(self, data: IndexData | None) -> IndexData:
+    def _save(self, data: IndexData | None, cache: EmbeddingCache | None = None) -> IndexData:
         """Save the updated index; None (its corpus files were unknown): rebuild the index from
-        the corpus folder, which holds the change by now."""
+        the corpus folder, which holds the change by now (with `cache`, the vectors encoded
+        for it already)."""
         if data is None:
             logger.warning("the corpus changed since the index was built: rebuilding it")
-            return build_index(self.spec)[0]
+            return build_index(self.spec, cache=cache)[0]
         save_index(self.spec.index_dir, data)
         return data
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embeddings import DEFAULT_MODEL, Encoder, ModelNotAvailableError, load_encoder
+from embeddings import MINILM_MODEL, Encoder, ModelNotAvailableError, load_encoder
 
 
 def test_default_model_loads_offline_with_its_limits(encoder: Encoder) -> None:
-    assert encoder.name == DEFAULT_MODEL
+    assert encoder.name == MINILM_MODEL
     assert encoder.dimension == 384
     assert encoder.max_tokens == 254  # 256 positions less [CLS] and [SEP]
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from embeddings import (
-    DEFAULT_MODEL,
     E5_MODEL,
+    MINILM_MODEL,
     Encoder,
     ModelNotAvailableError,
     load_encoder,
@@ -31,7 +31,7 @@ from embeddings.onnx import (
 from qa_service.errors import IndexStaleError
 from qa_service.service import QAService
 
-MODEL_DIR = resolve_model(DEFAULT_MODEL).path
+MODEL_DIR = resolve_model(MINILM_MODEL).path
 assert MODEL_DIR is not None
 
 
@@ -42,13 +42,13 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def onnx_fp32(onnx_cache: Path) -> OnnxEncoder:
-    return OnnxEncoder(MODEL_DIR, DEFAULT_MODEL, onnx_cache, "fp32")
+    return OnnxEncoder(MODEL_DIR, MINILM_MODEL, onnx_cache, "fp32")
 
 
 @pytest.fixture(scope="session")
 def onnx_int8(onnx_cache: Path, onnx_fp32: OnnxEncoder) -> OnnxEncoder:
     # After fp32: the int8 export quantises the cached fp32 graph.
-    return OnnxEncoder(MODEL_DIR, DEFAULT_MODEL + INT8_SUFFIX, onnx_cache, "int8")
+    return OnnxEncoder(MODEL_DIR, MINILM_MODEL + INT8_SUFFIX, onnx_cache, "int8")
 
 
 @pytest.fixture(scope="session")
@@ -188,7 +188,7 @@ def test_the_export_is_cached_and_a_second_load_reuses_it(
     for encoder in (onnx_fp32, onnx_int8):
         assert encoder.model_path.parent == onnx_cache
         assert _read_verified(encoder.model_path) is not None
-    again = OnnxEncoder(MODEL_DIR, DEFAULT_MODEL, onnx_cache, "fp32")
+    again = OnnxEncoder(MODEL_DIR, MINILM_MODEL, onnx_cache, "fp32")
     assert not again.exported
     assert again.model_path == onnx_fp32.model_path
     names = sorted(p.name for p in onnx_cache.iterdir() if not p.name.startswith("."))
@@ -226,7 +226,7 @@ def test_a_damaged_cached_file_is_exported_again(
     np.testing.assert_allclose(reloaded.encode_queries(text), onnx_int8.encode_queries(text),
                                atol=1e-6)  # fmt: skip
     # The fp32 graph it was quantised from was intact and reused, not exported again.
-    assert not OnnxEncoder(MODEL_DIR, DEFAULT_MODEL, tmp_path, "fp32").exported
+    assert not OnnxEncoder(MODEL_DIR, MINILM_MODEL, tmp_path, "fp32").exported
 
 
 def test_a_damaged_fp32_file_is_not_trusted(onnx_fp32: OnnxEncoder, tmp_path: Path) -> None:
@@ -245,16 +245,14 @@ def test_a_changed_model_gets_another_file(tmp_path: Path) -> None:
     folder.mkdir()
     for item in MODEL_DIR.iterdir():  # links to the shipped files: no 90 MB copy
         (folder / item.name).symlink_to(item)
-    before = cached_model_path(ModelFolder.read(folder), DEFAULT_MODEL, "fp32", tmp_path)
+    before = cached_model_path(ModelFolder.read(folder), MINILM_MODEL, "fp32", tmp_path)
     config = json.loads((MODEL_DIR / "config.json").read_text())
     (folder / "config.json").unlink()
     (folder / "config.json").write_text(json.dumps({**config, "layer_norm_eps": 1e-6}))
-    after = cached_model_path(ModelFolder.read(folder), DEFAULT_MODEL, "fp32", tmp_path)
+    after = cached_model_path(ModelFolder.read(folder), MINILM_MODEL, "fp32", tmp_path)
     assert before != after
     assert before.name.split(".")[:2] == after.name.split(".")[:2] == ["all-MiniLM-L6-v2", "fp32"]
-    int8 = cached_model_path(
-        ModelFolder.read(folder), DEFAULT_MODEL + INT8_SUFFIX, "int8", tmp_path
-    )
+    int8 = cached_model_path(ModelFolder.read(folder), MINILM_MODEL + INT8_SUFFIX, "int8", tmp_path)
     assert int8.name.split(".")[:2] == ["all-MiniLM-L6-v2", "int8"]
 
 
@@ -274,17 +272,17 @@ def test_a_folder_it_cannot_run_is_refused_with_the_way_out(tmp_path: Path) -> N
 def test_load_encoder_selects_the_backend(
     onnx_fp32: OnnxEncoder, onnx_int8: OnnxEncoder, onnx_cache: Path
 ) -> None:
-    fp32 = load_encoder(DEFAULT_MODEL, "onnx", onnx_cache)
+    fp32 = load_encoder(MINILM_MODEL, "onnx", onnx_cache)
     int8 = load_encoder("all-MiniLM-L6-v2", "onnx-int8", onnx_cache)
     assert isinstance(fp32, OnnxEncoder) and not fp32.exported
     assert isinstance(int8, OnnxEncoder) and not int8.exported
     # fp32 shares torch's name (same vectors, same index); int8 is recorded as another model.
-    assert fp32.name == DEFAULT_MODEL
-    assert int8.name == DEFAULT_MODEL + INT8_SUFFIX
+    assert fp32.name == MINILM_MODEL
+    assert int8.name == MINILM_MODEL + INT8_SUFFIX
     with pytest.raises(ModelNotAvailableError, match="unknown encoder backend"):
-        load_encoder(DEFAULT_MODEL, "tensorrt", onnx_cache)  # type: ignore[arg-type]
+        load_encoder(MINILM_MODEL, "tensorrt", onnx_cache)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="cache folder"):
-        load_encoder(DEFAULT_MODEL, "onnx")
+        load_encoder(MINILM_MODEL, "onnx")
 
 
 def test_the_e5_model_keeps_its_own_engine(onnx_cache: Path) -> None:

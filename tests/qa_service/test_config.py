@@ -10,7 +10,6 @@ import pytest
 from pydantic import ValidationError
 
 from embeddings import IndexConfig
-from embeddings.base import DEFAULT_MODEL
 from qa_service.cli.common import settings_from_flags
 from qa_service.config import Settings
 from qa_service.query.retrieval import DENSE_WEIGHT
@@ -31,7 +30,7 @@ def test_defaults() -> None:
     settings = Settings()
     assert settings.corpus_dir == Path("corpus")
     assert settings.index_dir == Path(".qa-index")
-    assert settings.model == DEFAULT_MODEL
+    assert settings.model is None  # the index's own model, or the default for a new one
     assert settings.encoder_backend == "onnx"
     assert (settings.top_k, settings.mode, settings.dense_weight) == (5, "hybrid", DENSE_WEIGHT)
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)

@@ -25,4 +25,5 @@ async def readyz(request: Request, response: Response) -> Readiness:
         documents=len(service.index.documents),
         passages=len(service.index.passages),
         model=service.encoder.name,
+        index_problem=service.index_problem,
     )

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from qa_service.cli import app
 from qa_service.config import Settings
+from qa_service.index.store import current_generation_name, read_manifest
 from qa_service.service import QAService
 
 runner = CliRunner()
@@ -107,3 +108,44 @@ def test_ask_in_the_regions_languages_quotes_the_english_text(
     assert body["question"] == question  # every letter kept
     assert body["answerable"]
     assert "Petya Nestorova" in body["answer"]["text"]
+
+
+def test_commands_read_an_index_with_the_model_that_built_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With QA_MODEL unset, `qa ask` takes the index's own model; told another one, it refuses
+    with the fix instead of rebuilding an index a server may be serving."""
+    monkeypatch.delenv("QA_MODEL", raising=False)
+    monkeypatch.setenv("QA_ENCODER_BACKEND", "torch")  # the session's model, loaded already
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "rivers.txt").write_text("Rivers flow to the sea. The Drina is a river.")
+    dirs = ["--corpus-dir", str(corpus), "--index-dir", str(tmp_path / "idx")]
+    built = runner.invoke(app, ["index", "--model", "all-MiniLM-L6-v2", *dirs])
+    assert built.exit_code == 0, built.output
+    generation = current_generation_name(tmp_path / "idx")
+
+    asked = runner.invoke(app, ["ask", "Which river is named?", "--json", *dirs])
+    assert asked.exit_code == 0, asked.output
+    assert "Drina" in json.loads(asked.stdout)["passages"][0]["text"]
+    other = runner.invoke(app, ["ask", "Which river?", "--model", "multilingual-e5-small", *dirs])
+    assert other.exit_code == 2
+    assert "built with model sentence-transformers/all-MiniLM-L6-v2" in other.output
+    assert "leave QA_MODEL unset" in other.output
+    assert current_generation_name(tmp_path / "idx") == generation
+    manifest = read_manifest(tmp_path / "idx")
+    assert manifest.model == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_ask_through_a_running_server(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    as_json = runner.invoke(app, ["ask", "What is GRETA?", "--json", "-k", "2", "--url", server])
+    assert as_json.exit_code == 0, as_json.output
+    body = json.loads(as_json.stdout)
+    assert len(body["passages"]) == 2 and body["answerable"]
+    monkeypatch.setenv("QA_URL", server)
+    printed = runner.invoke(app, ["ask", "What is the boiling point of water on Mars?"])
+    assert printed.exit_code == 0, printed.output
+    assert "No passage is relevant enough to answer" in printed.output
+    assert "below the server's threshold" in " ".join(printed.output.split())
+    gone = runner.invoke(app, ["ask", "What is GRETA?", "--url", "http://127.0.0.1:9"])
+    assert gone.exit_code == 1 and "cannot reach" in gone.output

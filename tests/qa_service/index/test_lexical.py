@@ -3,6 +3,7 @@ words the corpus lacks, and saving and rebuilding the index."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +152,10 @@ def test_a_passage_of_stop_words_only_is_indexed_and_never_matches() -> None:
     assert index.size == 2
     scores = index.scores("rivers")
     assert scores[0] == 0 and scores[1] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_building_logs_nothing_below_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """bm25s sets its logger to DEBUG itself; a server's INFO log must not get a line per build."""
+    with caplog.at_level(logging.INFO):
+        LexicalIndex.build(["Rivers flow to the sea.", "Mountains are high."])
+    assert not [r for r in caplog.records if r.name.startswith("bm25s")]

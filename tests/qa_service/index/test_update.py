@@ -408,9 +408,9 @@ def test_a_write_to_an_index_that_does_not_know_its_files_rebuilds_once(
     (corpus / "d.txt").write_text("Owls hunt at night.")  # by hand, not through a write
     counting.encoded.clear()
     note = b"Kestrels hover above the Prokletije."
-    data, (result,) = DocumentUpdater(spec).write(
-        load_index(spec.index_dir), [("e", NewDocument(note, ".txt"))], "create"
-    )
+    writer, base = DocumentUpdater(spec), load_index(spec.index_dir)
+    prepared = writer.prepare(base, [("e", NewDocument(note, ".txt"))], "create")
+    data, (result,) = writer.commit(base, prepared, "create")
     assert set(data.documents) == {"a", "b", "c", "d", "e"}
     assert result.created and result.passages == 1
     assert load_index(spec.index_dir).documents == data.documents
