@@ -13,7 +13,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     QA_HOST=0.0.0.0 \
     QA_PORT=8000 \
     QA_CORPUS_DIR=/app/corpus \
-    QA_INDEX_DIR=/app/index
+    QA_INDEX_DIR=/app/index \
+    QA_PAGE_TITLE="Ask the reports" \
+    QA_PAGE_TAGLINE="Questions answered from reports on child trafficking in the Western Balkans, with a link to every passage used."
 
 WORKDIR /app
 

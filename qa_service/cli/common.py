@@ -77,20 +77,22 @@ def user_errors() -> Iterator[None]:
 
 
 class ProgressBars:
-    """Opens one tqdm bar per encoding stage; closes them all at the end."""
+    """One tqdm bar per encoding stage. The stages run one after the other, so a new bar closes
+    the one before: an open bar is drawn again under every new one."""
 
     def __init__(self) -> None:
-        self._bars: list[tqdm[Any]] = []
+        self._bar: tqdm[Any] | None = None
 
     def __call__(self, label: str, total: int) -> Progress:
-        bar = tqdm(total=total, desc=f"encoding {label}", unit=" texts", dynamic_ncols=True)
-        self._bars.append(bar)
-        update: Progress = bar.update
+        self.close()
+        self._bar = tqdm(total=total, desc=f"encoding {label}", unit=" texts", dynamic_ncols=True)
+        update: Progress = self._bar.update
         return update
 
     def close(self) -> None:
-        for bar in self._bars:
-            bar.close()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def load_service(settings: Settings, owner: bool = False) -> QAService:

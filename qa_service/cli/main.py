@@ -35,6 +35,8 @@ M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 
 app = typer.Typer(
     no_args_is_help=True,
+    # Help texts are plain: "[env QA_CORPUS_DIR]" must not be read as Rich markup and vanish.
+    rich_markup_mode=None,
     add_completion=False,
     help="Semantic question answering over a document corpus, with exact citations.",
 )

@@ -149,3 +149,11 @@ def test_ask_through_a_running_server(server: str, monkeypatch: pytest.MonkeyPat
     assert "below the server's threshold" in " ".join(printed.output.split())
     gone = runner.invoke(app, ["ask", "What is GRETA?", "--url", "http://127.0.0.1:9"])
     assert gone.exit_code == 1 and "cannot reach" in gone.output
+
+
+def test_help_names_the_environment_variables() -> None:
+    """Help texts are plain: "[env QA_CORPUS_DIR]" is not taken for markup and dropped."""
+    result = runner.invoke(app, ["index", "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0
+    assert "Documents to index [env QA_CORPUS_DIR]." in result.output
+    assert "index ." not in result.output
