@@ -23,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from qa_service.query.pipeline import AskOptions
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from embeddings import E5_MODEL, MINILM_MODEL, load_encoder  # noqa: E402
 from qa_service.config import Settings  # noqa: E402
 from qa_service.index.build import IndexSpec, build_index  # noqa: E402
+from qa_service.query.pipeline import AskOptions  # noqa: E402
 from qa_service.service import QAService, make_splitter  # noqa: E402
 
 MODEL_CACHE = Path(tempfile.gettempdir()) / "qa-bench-models"

@@ -9,9 +9,11 @@ about `--passages` passages, then times, in-process and in the same run:
 - adding it through `QAService.add_documents` (encode + new generation written, fsynced and made
   current + corpus file written), split into the in-memory update and the save;
 - removing it again;
-- a full rebuild from scratch, and `qa index` after one file changed (the embedding cache).
+- a full rebuild from scratch, and `qa index` after one file changed (the embedding cache);
+- with `--large-kb N`, a document of N KB added while small writes follow it one after the
+  other: how long the large one takes, and how long each small one waits meanwhile.
 
-    python benchmarks/updates.py [--passages 10000] [--repeats 3]
+    python benchmarks/updates.py [--passages 10000] [--repeats 3] [--large-kb 1300]
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import json
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from _server import SHARED_EVAL
 
@@ -39,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--passages", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--large-kb", type=int, default=0, help="also add a document this large")
     args = parser.parse_args()
 
     from qa_service.config import Settings
@@ -137,7 +142,43 @@ def main() -> None:
     print(
         f"full rebuild / add:                 {full_seconds / statistics.median(add_times):8.0f}x"
     )
+    if args.large_kb:
+        texts = [f"{r['title']}\n\n{r['text']}" for r in held_out if r is not typical]
+        large_writes(service, NewDocument, texts, args.large_kb * 1000)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def large_writes(service: Any, new_document: Any, texts: list[str], size: int) -> None:
+    """A document of `size` characters added in a thread; small writes (one abstract each)
+    follow one after the other until it is done. Each small write's time is its wait for the
+    large one plus its own work."""
+    large, used = [], 0
+    while sum(map(len, large)) < size:
+        large.append(texts[used])
+        used += 1
+    body = "\n\n".join(large).encode()
+    started = time.perf_counter()
+    done = threading.Event()
+    large_seconds = [0.0]
+
+    def add_large() -> None:
+        service.add_documents([("large", new_document(body, ".txt"))])
+        large_seconds[0] = time.perf_counter() - started
+        done.set()
+
+    thread = threading.Thread(target=add_large)
+    thread.start()
+    small_times = []
+    while not done.is_set() and used < len(texts):
+        t0 = time.perf_counter()
+        service.add_documents([(f"small-{used}", new_document(texts[used].encode(), ".txt"))])
+        small_times.append(time.perf_counter() - t0)
+        used += 1
+    thread.join()
+    print(f"large document: {len(body) / 1e6:.2f} MB, added in {large_seconds[0]:.1f} s")
+    if small_times:
+        print(f"  small writes meanwhile: {len(small_times)}, median "
+              f"{statistics.median(small_times):.3f} s, max {max(small_times):.3f} s")  # fmt: skip
 
 
 if __name__ == "__main__":
