@@ -57,6 +57,11 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def log_path(path: str) -> str:
+    """`path` percent-encoded for a log line, so that a crafted path cannot forge one."""
+    return quote(path, safe="/:@!$&'()*+,;=~")
+
+
 def request_id_for(scope: Scope) -> str:
     """The client's `X-Request-ID` if it is at most 64 of [A-Za-z0-9._-], else a new uuid4."""
     given = _header(scope, _REQUEST_ID_KEY)
@@ -139,8 +144,7 @@ class RequestContextMiddleware:
         finally:
             seconds = time.perf_counter() - started
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            # Percent-encoded, so that a crafted path cannot forge a log line.
-            path = quote(scope["path"], safe="/:@!$&'()*+,;=~")
+            path = log_path(scope["path"])
             access_logger.info(
                 "%s %s %d %.1f ms request_id=%s", method, path, status, seconds * 1000, request_id,
                 extra={"request_id": request_id, "method": method, "path": path,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Iterator
 from datetime import date
 from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from qa_service.corpus.documents import Document
 from qa_service.models import Mode
@@ -28,9 +32,66 @@ def _not_blank(value: str) -> str:
     return value
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+INVALID_TEXT = "holds an invalid character (an unpaired UTF-16 surrogate)"
+
+
+def _valid_text(value: Any) -> Any:
+    """JSON's escapes can spell half a UTF-16 pair (`"\\ud800"`), which no model, file or
+    response can encode; it is refused by name before any other check (pydantic's length check
+    would call it "unable to parse raw data as a unicode string")."""
+    if isinstance(value, str) and not value.isascii() and _SURROGATE.search(value):
+        raise PydanticCustomError("unpaired_surrogate", f"the text {INVALID_TEXT}")
+    return value
+
+
+def _valid_json(value: dict[str, Any]) -> None:
+    """`_valid_text` for every key and string of a JSON object, and finite numbers only. Walked
+    with a stack of iterators, not recursion: it may be nested as deeply as the parser allows."""
+    path: list[Any] = []  # the keys from `value` to the container being walked
+
+    def refuse(kind: str, template: str, *last: Any) -> PydanticCustomError:
+        where = "metadata" + "".join(f"[{key!r}]" for key in (*path, *last))
+        return PydanticCustomError(kind, template, {"where": where})
+
+    stack: list[Iterator[tuple[Any, Any]]] = [iter(value.items())]
+    while stack:
+        for key, item in stack[-1]:
+            if isinstance(key, str) and _SURROGATE.search(key):
+                raise refuse("unpaired_surrogate", "a key at {where} " + INVALID_TEXT)
+            if isinstance(item, str) and _SURROGATE.search(item):
+                raise refuse("unpaired_surrogate", "the text at {where} " + INVALID_TEXT, key)
+            if isinstance(item, float) and not math.isfinite(item):
+                raise refuse("finite_number", "{where} should be a finite number", key)
+            if isinstance(item, dict | list):
+                stack.append(iter(item.items() if isinstance(item, dict) else enumerate(item)))
+                path.append(key)
+                break
+        else:
+            stack.pop()
+            if path:
+                path.pop()
+
+
+def _valid_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    _valid_json(value)
+    return value
+
+
+def _valid_scalar(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PydanticCustomError("finite_number", "Input should be a finite number")
+    return _valid_text(value)
+
+
+Text = Annotated[str, BeforeValidator(_valid_text)]
+# Checked before the union, so that a bad value is one error at its key, not one per member.
+FilterValue = Annotated[str | int | float | bool, BeforeValidator(_valid_scalar)]
+
 Question = Annotated[
     str,
     Field(min_length=1, max_length=MAX_QUESTION_CHARS, description="A natural-language question."),
+    BeforeValidator(_valid_text),
     AfterValidator(_not_blank),
 ]
 
@@ -40,13 +101,14 @@ class FiltersIn(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        allow_inf_nan=False,
         json_schema_extra={
             "examples": [{"metadata": {"publisher": "UNODC"}, "date_from": "2020-01-01"}]
         },
     )
 
-    document_ids: list[str] | None = Field(None, max_length=10_000)
-    metadata: dict[str, str | int | float | bool] = Field(
+    document_ids: list[Text] | None = Field(None, max_length=10_000)
+    metadata: dict[Text, FilterValue] = Field(
         default_factory=dict, description="Metadata fields that must equal these values."
     )
     date_from: date | None = Field(None, description="Documents dated on or after (ISO date).")
@@ -63,6 +125,9 @@ class FiltersIn(BaseModel):
 
 class RetrievalOptions(BaseModel):
     """Options every question endpoint accepts."""
+
+    # JSON parsers read NaN, Infinity and 1e400 (inf): no option may be one.
+    model_config = ConfigDict(allow_inf_nan=False)
 
     top_k: int | None = Field(
         None, ge=1, le=MAX_TOP_K, description="Passages to return (default from settings: 5)."
@@ -116,7 +181,7 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Role
-    content: str = Field(min_length=1, max_length=MAX_ASSISTANT_CHARS)
+    content: Text = Field(min_length=1, max_length=MAX_ASSISTANT_CHARS)
 
     @model_validator(mode="after")
     def _user_message_is_a_question(self) -> Self:
@@ -375,9 +440,9 @@ class DocumentIn(BaseModel):
         description="Letters, digits, '.', '_', '-' in segments joined by '/'; generated "
         "when absent (POST), must equal the path's id when given (PUT).",
     )
-    title: str | None = Field(None, max_length=1000)
-    source: str | None = Field(None, max_length=2000)
-    text: str = Field(description="The document's text: what citations will point into.")
-    metadata: dict[str, Any] = Field(
+    title: Text | None = Field(None, max_length=1000)
+    source: Text | None = Field(None, max_length=2000)
+    text: Text = Field(description="The document's text: what citations will point into.")
+    metadata: Annotated[dict[str, Any], AfterValidator(_valid_metadata)] = Field(
         default_factory=dict, description="Fields shown with citations and used by filters."
     )

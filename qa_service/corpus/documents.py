@@ -113,18 +113,79 @@ def load_html(data: bytes) -> LoadedText:
     return LoadedText(text, title=title or None)
 
 
+# pypdf's own limits admit pages that cost minutes and hundreds of MB (pypdf 7.1, measured on
+# two busy cores: a page of 900,000 `(word) Tj`, 1.8 million tokens, within its 2,000,000 a
+# stream, took 118 s, and reaching that limit holds 250 MB; a 70 MB stream, within its 75 MB
+# inflate limit, of blanks and one text operator took 4.4 s and 140 MB). A page of text needs
+# far less, so text extraction runs under these tighter ones (set with
+# `pypdf.apply_configuration`, for this call only):
+MAX_PDF_STREAM_BYTES = 16 * 1024 * 1024  # what any one stream (a page's content) inflates to
+MAX_PDF_PAGE_TOKENS = 200_000  # operators and operands in one content stream (~1 s to parse)
+# pypdf keeps every decoded stream until the reader is dropped, and each page may use the
+# stream limit: the pages' content together is capped too, so that memory and time stay bounded.
+MAX_PDF_CONTENT_BYTES = 64 * 1024 * 1024
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):g} MiB"
+
+
+def _page_limit_reason(page: int, exc: Exception) -> str:
+    """The user's words for the pypdf limit that `exc` reports (its wording, read from pypdf 7's
+    filters.py and generic/_data_structures.py, is checked by the tests)."""
+    message = str(exc)
+    if "decompressing" in message or "output bytes" in message or "decoding work" in message:
+        return f"the PDF's page {page} content inflates beyond {_mib(MAX_PDF_STREAM_BYTES)}"
+    if "tokens" in message:
+        return f"the PDF's page {page} has more than {MAX_PDF_PAGE_TOKENS:,} operators and operands"
+    return f"the PDF's page {page} exceeds a limit of the PDF reader: {message}"
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
 def load_pdf(data: bytes) -> LoadedText:
     import io
 
-    from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+    from pypdf import PdfReader, apply_configuration
+    from pypdf.errors import LimitReachedError, PyPdfError
 
+    limits = apply_configuration(
+        zlib_maximum_output_length=MAX_PDF_STREAM_BYTES,
+        lzw_maximum_output_length=MAX_PDF_STREAM_BYTES,
+        run_length_maximum_output_length=MAX_PDF_STREAM_BYTES,
+        brotli_maximum_output_length=MAX_PDF_STREAM_BYTES,
+        array_based_stream_maximum_output_length=MAX_PDF_STREAM_BYTES,
+        stream_parsing_work_maximum_count=MAX_PDF_PAGE_TOKENS,
+    )
+    pages: list[str] = []
     try:
-        reader = PdfReader(io.BytesIO(data))
-        pages = [(page.extract_text() or "").replace("\r\n", "\n") for page in reader.pages]
-        title = reader.metadata.title if reader.metadata else None
-    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
+        with limits:
+            reader = PdfReader(io.BytesIO(data))
+            content_bytes = 0
+            for number, pdf_page in enumerate(reader.pages, start=1):
+                try:
+                    contents = pdf_page.get_contents()  # decoded once; extract_text reuses it
+                    content_bytes += len(contents.get_data()) if contents is not None else 0
+                    if content_bytes > MAX_PDF_CONTENT_BYTES:
+                        raise DocumentLoadError(
+                            f"the PDF's pages' content inflates beyond "
+                            f"{_mib(MAX_PDF_CONTENT_BYTES)} in all (at page {number})"
+                        )
+                    pages.append((pdf_page.extract_text() or "").replace("\r\n", "\n"))
+                except LimitReachedError as exc:
+                    raise DocumentLoadError(_page_limit_reason(number, exc)) from exc
+            title = reader.metadata.title if reader.metadata else None
+    except DocumentLoadError:
+        raise
+    except LimitReachedError as exc:
+        raise DocumentLoadError(f"the PDF exceeds a limit of the PDF reader: {exc}") from exc
+    except (PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
         raise DocumentLoadError(f"broken PDF: {exc}") from exc
+    # A text string or ToUnicode map can name a lone UTF-16 surrogate, which no response or
+    # index file could encode: it becomes U+FFFD, as undecodable bytes do elsewhere.
+    pages = [_SURROGATES.sub("\ufffd", page) for page in pages]
+    title = _SURROGATES.sub("\ufffd", str(title)) if title else None
     parts: list[str] = []
     starts: list[int] = []
     offset = 0
@@ -135,7 +196,7 @@ def load_pdf(data: bytes) -> LoadedText:
     text = "\n\n".join(parts)
     if not text.strip():
         raise DocumentLoadError("PDF has no text layer (scanned images are not supported)")
-    return LoadedText(text, title=str(title) if title else None, page_starts=tuple(starts))
+    return LoadedText(text, title=title, page_starts=tuple(starts))
 
 
 def load_json(data: bytes) -> LoadedText:
@@ -149,6 +210,12 @@ def load_json(data: bytes) -> LoadedText:
         raise DocumentLoadError(f"not valid JSON: {exc}") from exc
     if not isinstance(value, dict) or not isinstance(value.get("text"), str):
         raise DocumentLoadError('a JSON document is an object with a "text" string')
+    try:  # JSON's escapes can spell half a UTF-16 pair ("\ud800"), which is no text
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DocumentLoadError(
+            "the JSON document holds an invalid character (an unpaired UTF-16 surrogate)"
+        ) from None
     metadata = value.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise DocumentLoadError('"metadata" of a JSON document must be an object')

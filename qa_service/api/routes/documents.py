@@ -13,6 +13,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from qa_service.api.deps import ReadAccess, ServiceDep, WriteAccess
+from qa_service.api.errors import json_body
 from qa_service.api.schemas import (
     DocumentIn,
     DocumentList,
@@ -179,9 +180,12 @@ async def _read_document(request: Request, path_id: str | None) -> tuple[str, Ne
         return await _read_upload(request, path_id)
     if content_type == "application/json" or content_type.endswith("+json"):
         try:
-            body = DocumentIn.model_validate_json(await request.body())
+            # Read as FastAPI reads the other bodies, so that errors name the field (pydantic's
+            # own JSON parser refuses a lone surrogate's escape as malformed JSON).
+            body = DocumentIn.model_validate(json_body(await request.body()))
         except ValidationError as exc:
-            raise RequestValidationError(exc.errors(include_url=False)) from None
+            errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+            raise RequestValidationError(errors) from None
         return _given_id(body.id, path_id) or uuid.uuid4().hex, NewDocument.from_fields(
             body.text, body.title, body.source, body.metadata
         )

@@ -101,3 +101,10 @@ def test_loaders_never_fail_with_anything_but_a_load_error(data: bytes, suffix: 
     except DocumentLoadError:
         return
     assert doc.text.strip()
+
+
+def test_a_json_document_with_half_a_surrogate_pair_is_refused() -> None:
+    """`"\\ud800"` parses, but no model, file or response can encode it."""
+    data = b'{"text": "Rivers flow. \\ud800 Seas are deep.", "title": "T"}'
+    with pytest.raises(DocumentLoadError, match="unpaired UTF-16 surrogate"):
+        load_document(data, ".json", "bad")
