@@ -14,7 +14,9 @@ from qa_service.api import metrics
 from qa_service.api.deps import ReadAccess
 from qa_service.api.errors import install_error_handlers
 from qa_service.api.index_watch import watch_index
+from qa_service.api.mcp import MCP_PATH, MCPEndpoint
 from qa_service.api.middleware import (
+    QUESTION_PATHS,
     AdmissionLimiter,
     AdmissionMiddleware,
     BodyLimits,
@@ -22,7 +24,7 @@ from qa_service.api.middleware import (
     RateLimitMiddleware,
     RequestContextMiddleware,
 )
-from qa_service.api.routes import ask, chat, documents, health, pages
+from qa_service.api.routes import ask, chat, documents, health, openai, pages
 from qa_service.config import Settings
 from qa_service.service import QAService
 
@@ -54,7 +56,8 @@ def create_app(settings: Settings | None = None, service: QAService | None = Non
             watcher = asyncio.create_task(
                 watch_index(lambda: app.state.service, settings.index_check_seconds)
             )
-        yield
+        async with app.state.mcp.run():  # the MCP transport's session manager
+            yield
         app.state.shutting_down = True
         if loading is not None:
             loading.cancel()
@@ -85,6 +88,9 @@ def create_app(settings: Settings | None = None, service: QAService | None = Non
     app.include_router(health.router)
     app.include_router(ask.router, dependencies=[ReadAccess])
     app.include_router(chat.router, dependencies=[ReadAccess])
+    app.include_router(openai.router, dependencies=[ReadAccess])
+    app.state.mcp = MCPEndpoint(lambda: app.state.service, settings.host, settings.cors_origins)
+    app.add_route(MCP_PATH, app.state.mcp, include_in_schema=False)  # its own key check
     app.include_router(documents.router)
     app.include_router(pages.router)
     app.mount("/static", pages.StaticAssets(directory=pages.STATIC_DIR), name="static")
@@ -100,7 +106,8 @@ def create_app(settings: Settings | None = None, service: QAService | None = Non
     # Document uploads get their own, larger cap.
     limits = BodyLimits(settings.max_body_bytes, {"/v1/documents": settings.max_upload_bytes})
     app.add_middleware(BodySizeLimitMiddleware, limits=limits)
-    app.add_middleware(AdmissionMiddleware, limiter=limiter)
+    questions = {*QUESTION_PATHS, "/v1/chat/completions", MCP_PATH}  # MCP: tool calls are POSTs
+    app.add_middleware(AdmissionMiddleware, limiter=limiter, paths=questions)
     if settings.rate_limit:
         app.add_middleware(RateLimitMiddleware, limits=settings.rate_limit)
     if settings.cors_origins:

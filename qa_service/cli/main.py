@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import sys
 from typing import Annotated
 
 import typer
@@ -177,6 +178,21 @@ def _print_answer(response: AskResponse, min_score: float | None) -> None:
                 f"{escape(p.text[h.end :])}"
             )
         out.print(f"    {text}\n")
+
+
+@app.command(name="mcp")
+def mcp_stdio(
+    corpus_dir: CorpusOpt = None, index_dir: IndexOpt = None, model: ModelOpt = None
+) -> None:
+    """Serve the MCP tools (search, ask, get_document) over stdio, for a local agent."""
+    from qa_service.api.mcp import build_server
+    from qa_service.api.middleware import configure_logging
+
+    settings = settings_from_flags(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
+    configure_logging(json_lines=settings.log_json)  # on stderr: stdout carries the protocol
+    with contextlib.redirect_stdout(sys.stderr):  # nothing printed while loading may corrupt it
+        service = load_service(settings)
+    build_server(lambda: service).run("stdio")
 
 
 app.command(name="eval")(evaluate)
