@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import threading
 import time
 import traceback
@@ -26,6 +25,7 @@ from qa_service.api.middleware import JsonFormatter
 from qa_service.config import Settings
 from qa_service.index.store import current_generation_name
 from qa_service.service import QAService
+from tests.qa_service.api.conftest import writable_copy
 from tests.qa_service.conftest import free_port
 from tests.qa_service.corpus.test_pdf_limits import inflation_bomb, text_operator_flood
 
@@ -40,13 +40,7 @@ SECRET = "Which shelter in Skopje hid the witness xyzzy?"
 def writable_settings(
     settings: Settings, service: QAService, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    """Copies of the session corpus and its built index: the shared ones are never written."""
-    root = tmp_path_factory.mktemp("bad-input")
-    shutil.copytree(settings.corpus_dir, root / "corpus")
-    shutil.copytree(settings.index_dir, root / "idx", symlinks=True)
-    return settings.model_copy(
-        update={"corpus_dir": root / "corpus", "index_dir": root / "idx", "api_keys": KEYS}
-    )
+    return writable_copy(settings, tmp_path_factory, api_keys=KEYS)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +12,7 @@ from qa_service.api import create_app
 from qa_service.config import Settings
 from qa_service.index.store import current_generation_name
 from qa_service.service import QAService
+from tests.qa_service.api.conftest import writable_copy
 
 KEYS = ["first-key-0123456789", "second-key-9876543210"]
 AUTH = {"Authorization": f"Bearer {KEYS[1]}"}
@@ -22,14 +22,7 @@ AUTH = {"Authorization": f"Bearer {KEYS[1]}"}
 def writable_settings(
     settings: Settings, service: QAService, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    """Copies of the session corpus and its built index: the shared ones are never written."""
-    root = tmp_path_factory.mktemp("writable")
-    shutil.copytree(settings.corpus_dir, root / "corpus")
-    shutil.copytree(settings.index_dir, root / "idx", symlinks=True)
-    return settings.model_copy(
-        update={"corpus_dir": root / "corpus", "index_dir": root / "idx", "api_keys": KEYS,
-                "max_upload_bytes": 64 * 1024}
-    )  # fmt: skip
+    return writable_copy(settings, tmp_path_factory, api_keys=KEYS, max_upload_bytes=64 * 1024)
 
 
 @pytest.fixture(scope="module")
