@@ -16,7 +16,8 @@ dev acc@1 0.821 -> 0.857, extra 0.875 -> 0.898; English questions are not transl
 from __future__ import annotations
 
 import re
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,29 @@ _WORD = re.compile(r"[^\W\d_]{3,}")  # words of three letters or more
 def words_of(text: str) -> list[str]:
     """The words of `text` that are looked up: lower-cased, three letters or more."""
     return _WORD.findall(text.lower())
+
+
+class WordCache:
+    """Vectors of question words already encoded, most recently used kept: the same words come
+    back in question after question, and each costs a model input (thread-safe)."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self._vectors: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, words: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+        with self._lock:
+            found = {w: self._vectors[w] for w in words if w in self._vectors}
+            for word in found:
+                self._vectors.move_to_end(word)
+        return found
+
+    def put(self, words: Sequence[str], vectors: Vectors) -> None:
+        with self._lock:
+            self._vectors.update(zip(words, vectors, strict=True))
+            while len(self._vectors) > self._size:
+                self._vectors.popitem(last=False)
 
 
 @dataclass(frozen=True)

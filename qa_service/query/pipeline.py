@@ -21,7 +21,7 @@ from qa_service.corpus.acronyms import Acronyms
 from qa_service.index.store import IndexData
 from qa_service.models import Mode, profile_for
 from qa_service.query.answering import Answer, AnswerBuilder
-from qa_service.query.lexicon import Lexicon, words_of
+from qa_service.query.lexicon import Lexicon, WordCache, words_of
 from qa_service.query.retrieval import (
     DENSE_WEIGHT,
     LEXICAL_SUPPORT_COVERAGE,
@@ -62,6 +62,8 @@ class QueryPipeline:
         self.answers = AnswerBuilder(index)
         self.acronyms = Acronyms.from_definitions(index.acronyms.values())
         self.lexicon: Lexicon | None = None
+        # Question words' vectors outlive a snapshot: they depend on the model only.
+        self.words: WordCache = previous.words if previous is not None else WordCache()
         if profile_for(index.manifest.model).lexicon:
             started = time.perf_counter()
             known = previous.lexicon if previous is not None else None
@@ -103,14 +105,18 @@ class QueryPipeline:
             if self.lexicon is not None
             else []
         )
-        groups = [*(spellings(t) for t in texts), *(words_of(q) for q in translated)]
-        encoded = _encode_groups(groups, encode)
+        question_words = {q: words_of(q) for q in translated}
+        known = self.words.get([w for ws in question_words.values() for w in ws])
+        new = list(dict.fromkeys(w for ws in question_words.values() for w in ws if w not in known))
+        encoded = _encode_groups([*(spellings(t) for t in texts), new], encode)
         by_text = dict(zip(texts, encoded[: len(texts)], strict=True))
         translations = {}
-        if self.lexicon is not None:
-            words = encoded[len(texts) :]
+        if self.lexicon is not None and translated:
+            self.words.put(new, encoded[-1])
+            known.update(zip(new, encoded[-1], strict=True))
             translations = {
-                q: self.lexicon.translate(q, v) for q, v in zip(translated, words, strict=True)
+                q: self.lexicon.translate(q, _stack([known[w] for w in ws], encoded[-1]))
+                for q, ws in question_words.items()
             }
         search = [
             SearchQuery(q, by_text[q], coverage.get(q, 1.0), translations.get(q)) for q in searched
@@ -120,6 +126,10 @@ class QueryPipeline:
             self.answers.build(q, by_text[q], h, threshold)
             for q, h in zip(questions, hits, strict=True)
         ]
+
+
+def _stack(vectors: list[Vectors], like: Vectors) -> Vectors:
+    return np.vstack(vectors) if vectors else like[:0]
 
 
 def _encode_groups(groups: Sequence[Sequence[str]], encode: Encode) -> list[Vectors]:

@@ -9,8 +9,8 @@ import pytest
 
 from embeddings import Vectors
 from qa_service.corpus.documents import Document
-from qa_service.query.lexicon import MIN_COSINE, TRANSLATED_WEIGHT, Lexicon, words_of
-from qa_service.query.pipeline import AskOptions
+from qa_service.query.lexicon import MIN_COSINE, TRANSLATED_WEIGHT, Lexicon, WordCache, words_of
+from qa_service.query.pipeline import AskOptions, QueryPipeline
 from qa_service.query.retrieval import Retriever, SearchQuery
 from qa_service.query.transliteration import spellings
 from qa_service.service import QAService
@@ -73,3 +73,30 @@ def test_e5_finds_the_answer_through_translated_words(e5_service: QAService) -> 
     query = SearchQuery(SERBIAN, vectors, retriever.lexical_coverage(SERBIAN))
     (hits,) = retriever.retrieve([query], 5, "hybrid")
     assert ANSWER not in hits[0].passage.text
+
+
+def test_question_words_are_encoded_once_across_questions(e5_service: QAService) -> None:
+    pipeline = QueryPipeline(e5_service.index, e5_service.encoder.encode_queries)
+    calls: list[list[str]] = []
+
+    def encode(texts: Sequence[str]) -> Vectors:
+        calls.append(list(texts))
+        return e5_service.encoder.encode_queries(texts)
+
+    options = {"k": 5, "mode": "hybrid", "threshold": 0.337}
+    (first,) = pipeline.run([SERBIAN], [SERBIAN], encode, **options)  # type: ignore[arg-type]
+    (again,) = pipeline.run([SERBIAN], [SERBIAN], encode, **options)  # type: ignore[arg-type]
+    words = set(words_of(SERBIAN))
+    assert words <= set(calls[0])
+    assert not words & set(calls[1])  # the question alone, its words from the cache
+    assert [p.hit.passage.id for p in first.passages] == [p.hit.passage.id for p in again.passages]
+
+
+def test_the_word_cache_keeps_the_most_recently_used() -> None:
+    cache = WordCache(size=2)
+    vectors = np.eye(3, dtype=np.float32)
+    cache.put(["djeca", "sud", "mreža"], vectors)
+    assert set(cache.get(["djeca", "sud", "mreža"])) == {"sud", "mreža"}
+    cache.get(["sud"])
+    cache.put(["škola"], vectors[:1])
+    assert set(cache.get(["sud", "mreža", "škola"])) == {"sud", "škola"}
