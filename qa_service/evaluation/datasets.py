@@ -1,4 +1,4 @@
-"""Evaluation data: JSON Lines question sets, BEIR folders and SQuAD v1.1 files.
+"""Evaluation data: JSON Lines question sets, BEIR folders and SQuAD (v1.1 and v2.0) files.
 
 Every loader checks its input line by line, so a broken file fails with the file and line to fix
 rather than a traceback from deep inside the run.
@@ -219,9 +219,12 @@ def load_qrels(path: Path, query_ids: set[str], doc_ids: set[str]) -> dict[str, 
 
 
 def load_squad(path: Path) -> Benchmark:
-    """SQuAD v1.1 as passage retrieval: every paragraph a document, its questions relevant to it.
+    """SQuAD as passage retrieval: every paragraph a document, its questions relevant to it.
 
-    The gold answer texts are kept, so the answer sentence can be checked as well.
+    The gold answer texts are kept, so the answer can be checked as well. A SQuAD 2.0 question
+    marked `is_impossible` is unanswerable: no gold answer (its `plausible_answers` are what a
+    wrong answer would look like, not answers) and no relevant paragraph, so it counts in the
+    answer and abstention figures and not in the retrieval metrics.
     """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -230,6 +233,7 @@ def load_squad(path: Path) -> Benchmark:
         questions: list[Question] = []
         qrels: dict[str, dict[str, int]] = {}
         doc_ids: set[str] = set()
+        seen: set[str] = set()
         for a, article in enumerate(articles):
             title = str(article.get("title", f"article-{a}"))
             for p, paragraph in enumerate(article["paragraphs"]):
@@ -246,20 +250,31 @@ def load_squad(path: Path) -> Benchmark:
                     qid, question = str(qa["id"]), qa["question"]
                     if not isinstance(question, str) or not question.strip():
                         raise EvaluationDataError(f"{where}: question {qid!r} has no text")
-                    if qid in qrels:
+                    if qid in seen:
                         raise EvaluationDataError(f"{where}: question id {qid!r} used twice")
+                    seen.add(qid)
+                    impossible = qa.get("is_impossible", False)
+                    if not isinstance(impossible, bool):
+                        raise EvaluationDataError(
+                            f"{where}: question {qid!r}: `is_impossible` must be true or false"
+                        )
                     answers = tuple(dict.fromkeys(str(x["text"]) for x in qa["answers"]))
-                    questions.append(Question(qid, question, answers))
-                    qrels[qid] = {doc_id: 1}
+                    if impossible and answers:
+                        raise EvaluationDataError(
+                            f"{where}: question {qid!r} is marked `is_impossible` but has answers"
+                        )
+                    questions.append(Question(qid, question, answers, unanswerable=impossible))
+                    if not impossible:
+                        qrels[qid] = {doc_id: 1}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EvaluationDataError(f"cannot read {path}: {exc}") from exc
     except KeyError as exc:
         raise EvaluationDataError(
-            f"{path} is not in SQuAD v1.1 format (data/paragraphs/qas): missing {exc}"
+            f"{path} is not in SQuAD format (data/paragraphs/qas): missing {exc}"
         ) from exc
     except (TypeError, AttributeError) as exc:
         raise EvaluationDataError(
-            f"{path} is not in SQuAD v1.1 format (data/paragraphs/qas): a value of the wrong "
+            f"{path} is not in SQuAD format (data/paragraphs/qas): a value of the wrong "
             f"type ({exc})"
         ) from exc
     if not questions:

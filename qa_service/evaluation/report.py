@@ -29,8 +29,15 @@ PER_QUESTION = "per_question.jsonl"
 REPORT_HTML = "report.html"
 
 _EXTRA_METRICS = (
-    "answer_hit_rate", "abstention_rate", "abstention_precision", "abstention_recall",
+    "answer_hit_rate", "span_hit_rate", "exact", "f1", "HasAns_exact", "HasAns_f1",
+    "NoAns_exact", "abstention_rate", "abstention_precision", "abstention_recall",
+    "answered_answerable", "answerability_auroc",
 )  # fmt: skip
+# How `answerability.score` is named in reports.
+SCORE_NAMES = {
+    "confidence": "the reader's confidence",
+    "top_support": "the best passage's support (no reader ran)",
+}
 _LATENCY = ("p50_ms", "p95_ms", "questions_per_second")
 _LATENCY_NOTE = (
     "Latency is each question's share of its batch's time (questions are asked in batches of "
@@ -68,6 +75,9 @@ def per_question_rows(report: EvalReport) -> list[dict[str, Any]]:
         }
         if r.language is not None:
             row["language"] = r.language
+        for key in ("sentence", "confidence", "exact", "f1"):
+            if (value := getattr(r, key)) is not None:
+                row[key] = value
         rows.append(row)
     return rows
 
@@ -170,6 +180,11 @@ def print_report(data: dict[str, Any], console: Console) -> None:
             languages.add_row(*(escape(cell) for cell in row))
         console.print(languages)
     console.print(f"[dim]{_LATENCY_NOTE}[/]")
+    score = (data.get("answerability") or {}).get("score")
+    if score is not None:
+        console.print(
+            f"[dim]Answerability is judged on {escape(SCORE_NAMES.get(score, score))}.[/]"
+        )
     for note in data.get("notes", []):
         console.print(f"[yellow]note:[/] {escape(note)}")
 
@@ -416,6 +431,117 @@ def _score_chart(data: dict[str, Any]) -> str:
     )
 
 
+# The y axis of the answer curve ends at the first of these above its highest point.
+_SHARE_TOPS = (0.1, 0.2, 0.5, 1.0)
+_CURVE_H = 240
+
+
+def _curve_chart(answerability: dict[str, Any]) -> str:
+    """The answered/wrong curve as an inline SVG line chart: one point per threshold of the
+    answerability score, and the service's own decisions marked on the same axes."""
+    esc = html.escape
+    curve = answerability.get("curve", [])
+    point = answerability.get("operating_point") or {}
+    score = str(answerability.get("score", "score")).replace("_", " ")
+    title = "Answered vs wrong answers, over thresholds"
+    peak = max([p["wrong"] for p in curve] + [point.get("wrong") or 0.0])
+    top = next((t for t in _SHARE_TOPS if peak <= t), 1.0)
+    left, plot_w = _LEFT, _WIDTH - _LEFT - _RIGHT
+    base, height = _TOP + _CURVE_H, _TOP + _CURVE_H + _BOTTOM
+
+    def xy(answered: float, wrong: float) -> tuple[float, float]:
+        return left + answered * plot_w, base - min(wrong / top, 1.0) * _CURVE_H
+
+    parts = [
+        f'<svg width="{_WIDTH}" height="{height}" viewBox="0 0 {_WIDTH} {height}" role="img" '
+        f'aria-label="{esc(title)}" id="answer-curve">',
+        f'<text x="{left}" y="20" font-size="15" font-weight="bold">{esc(title)}</text>',
+        f'<text transform="translate(16 {_TOP + _CURVE_H / 2:.0f}) rotate(-90)" font-size="12" '
+        'text-anchor="middle">wrong: share of answered</text>',
+    ]
+    for i in range(6):
+        share = top * i / 5
+        y = base - _CURVE_H * i / 5
+        parts.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" '
+            f'stroke="{"#444" if i == 0 else "#e3e3e3"}"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="{_TICK_FONT}" '
+            f'text-anchor="end">{share:.2f}</text>'
+        )
+        x = left + plot_w * i / 5
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{base}" x2="{x:.1f}" y2="{base + 4}" stroke="#444"/>'
+            f'<text x="{x:.1f}" y="{base + 17}" font-size="{_TICK_FONT}" '
+            f'text-anchor="middle">{i / 5:.1f}</text>'
+        )
+    parts.append(
+        f'<text x="{left + plot_w / 2:.0f}" y="{base + 42}" font-size="12" '
+        'text-anchor="middle">answered: share of answerable questions</text>'
+    )
+    ordered = sorted(curve, key=lambda p: (p["answered"], -p["threshold"]))
+    if ordered:
+        line = " ".join("{:.1f},{:.1f}".format(*xy(p["answered"], p["wrong"])) for p in ordered)
+        parts.append(
+            f'<polyline points="{line}" fill="none" stroke="{_COLORS[0]}" stroke-width="2"/>'
+        )
+        for p in ordered:
+            x, y = xy(p["answered"], p["wrong"])
+            parts.append(
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{_COLORS[0]}"><title>'
+                f"{esc(score)} ≥ {p['threshold']:.4f}: answered {p['answered']:.3f}, "
+                f"wrong {p['wrong']:.3f}</title></circle>"
+            )
+    else:
+        parts.append(
+            f'<text x="{left + plot_w / 2:.0f}" y="{_TOP + _CURVE_H / 2:.0f}" font-size="12" '
+            'text-anchor="middle" fill="#666">no question has a score</text>'
+        )
+    legend_y, x = 44, float(left)
+    text = f"thresholds on {score}"
+    parts.append(
+        f'<line x1="{x:.0f}" y1="{legend_y - 4}" x2="{x + 18:.0f}" y2="{legend_y - 4}" '
+        f'stroke="{_COLORS[0]}" stroke-width="2"/><text x="{x + 24:.0f}" y="{legend_y}" '
+        f'font-size="{_LEGEND_FONT}">{esc(text)}</text>'
+    )
+    x += 24 + _text_width(text, _LEGEND_FONT) + 14
+    if point.get("wrong") is not None:
+        text = (
+            f"the service's decisions: answered {point['answered']:.3f}, wrong {point['wrong']:.3f}"
+        )
+        cx, cy = xy(point["answered"], point["wrong"])
+        parts.append(
+            f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{_MARKER_COLOR}" '
+            f'class="operating-point"><title>{esc(text)}</title></circle>'
+            f'<circle cx="{x + 6:.0f}" cy="{legend_y - 4}" r="5" fill="{_MARKER_COLOR}"/>'
+            f'<text x="{x + 16:.0f}" y="{legend_y}" font-size="{_LEGEND_FONT}">{esc(text)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _answerability_section(data: dict[str, Any]) -> str:
+    """Which score judged answerability and, with answer scores, the curve over its thresholds."""
+    answerability = data.get("answerability") or {}
+    if not answerability:
+        return ""
+    score = str(answerability.get("score"))
+    said = (
+        f"<p>Answerability (<code>answerability_auroc</code> and the curve) is judged on "
+        f"{html.escape(SCORE_NAMES.get(score, score))}.</p>"
+    )
+    if "curve" not in answerability:
+        return f"<h2>Answerability</h2>{said}"
+    return (
+        f"<h2>Answerability</h2>{said}"
+        "<p>Each point: had the service answered every question scoring at least a threshold "
+        "and abstained on the rest, the share of answerable questions answered (x) and the "
+        "share of answered questions answered wrongly (y: unanswerable, or an answer with F1 "
+        "0). Below the service's own threshold, questions it abstained on count as answered "
+        "with no answer, so wrongly. The red dot is what the service decided.</p>"
+        f"{_curve_chart(answerability)}"
+    )
+
+
 def _rank_chart(data: dict[str, Any]) -> str:
     labels, series = rank_distribution(data.get("first_relevant_ranks", []))
     return _bar_chart(
@@ -505,6 +631,11 @@ def _abstained_cell(row: dict[str, Any]) -> str:
     return f'<td class=x title="{wrong}">{"yes" if abstained else "no"}</td>'
 
 
+def _score_cell(key: str) -> Callable[[dict[str, Any]], str]:
+    """A cell showing a row's `key` to three decimals."""
+    return lambda row: _number_cell(row.get(key), 3)
+
+
 def _text_cell(value: Any, limit: int = 0) -> str:
     if value is None:
         return f"<td>{_NONE}</td>"
@@ -573,10 +704,25 @@ def _columns(rows: Sequence[dict[str, Any]]) -> list[_Column]:
                 chars=14,
             )
         )
+    for key, heading, meaning in (
+        ("confidence", "confidence", "the reader's probability that the answer passage answers"),
+        ("exact", "EM", "exact match with a gold answer, as the official SQuAD script"),
+        ("f1", "F1", "word-overlap F1 with the best gold answer, as the official SQuAD script"),
+    ):
+        if any(r.get(key) is not None for r in rows):
+            columns.append(
+                _Column(
+                    heading,
+                    meaning,
+                    _score_cell(key),
+                    numeric=True,
+                    chars=max(len(heading) + 3, 7),
+                )
+            )
     columns.append(
         _Column(
             "answer",
-            f"the answer sentence, shortened; {_NONE}: none",
+            f"the answer (a reader's span, else the answer sentence), shortened; {_NONE}: none",
             lambda r: _text_cell(r.get("answer"), _ANSWER_CHARS),
         )
     )
@@ -679,6 +825,7 @@ def render_html(data: dict[str, Any], per_question: Sequence[dict[str, Any]] | N
 <h2>Distributions</h2>
 {_score_chart(data)}
 {_rank_chart(data)}
+{_answerability_section(data)}
 {questions}
 <h2>Settings</h2><table class="kv">{settings}</table>
 {script}

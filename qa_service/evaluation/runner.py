@@ -5,6 +5,9 @@ Two modes:
   relevant when it contains a gold answer, or comes from a gold document when none is given);
 - a benchmark (BEIR folder or SQuAD file), indexed with the service's own pipeline, cached, and
   judged per document (a document scores as its best passage), as BEIR and MTEB do.
+
+Where gold answer texts exist (SQuAD), the answers are scored as the official SQuAD 2.0 script
+does; where unanswerable questions exist, abstention is judged too (`answerability_summary`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -23,12 +27,20 @@ from embeddings import Encoder
 from qa_service.corpus.chunking import Passage, Splitter, WholeDocumentSplitter
 from qa_service.errors import IndexCorruptError, IndexNotFoundError
 from qa_service.evaluation.datasets import Benchmark, Question, QuestionSet
-from qa_service.evaluation.metrics import first_relevant_rank, mean_metrics, query_metrics
+from qa_service.evaluation.metrics import (
+    answer_curve,
+    answer_scores,
+    auroc,
+    first_relevant_rank,
+    mean_metrics,
+    query_metrics,
+)
 from qa_service.index.build import index_documents, passage_settings
 from qa_service.index.encode import ProgressFactory
 from qa_service.index.store import IndexData, load_index, save_index
 from qa_service.query.answering import Answer
 from qa_service.query.pipeline import AskOptions
+from qa_service.query.reading import PassageReader
 from qa_service.query.retrieval import DENSE_WEIGHT
 from qa_service.service import QAService, TimedAnswer
 
@@ -63,11 +75,20 @@ class QuestionResult:
     top_score: float | None  # the best passage's support: what abstention judged
     unanswerable: bool
     abstained: bool
-    answer: str | None
+    answer: str | None  # the reader's span, or else the answer sentence; None: abstained
     answer_hit: bool | None  # None when there is no gold answer text to check
     took_ms: float
     metrics: dict[str, float] = field(default_factory=dict)
     language: str | None = None
+    confidence: float | None = None  # the reader's; None when no reader ran
+    # The official SQuAD scores of `answer` (benchmarks with gold answer texts only).
+    exact: float | None = None
+    f1: float | None = None
+    # Whether the answer itself (a reader's span, else the sentence) contains a gold answer.
+    span_hit: bool | None = None
+    # Where it abstained after reading: the F1 of the answer it would have given (the curve).
+    candidate_f1: float | None = None
+    sentence: str | None = None  # the answer sentence, kept when a reader's span is the answer
 
 
 @dataclass
@@ -83,6 +104,9 @@ class EvalReport:
     per_question: list[QuestionResult] = field(default_factory=list)
     # Question sets whose questions carry a `language`: counts and metrics per language.
     by_language: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Where there are unanswerable questions: the score abstention is judged on and, with
+    # answer scores, the answered/wrong curve over its thresholds (`answerability_summary`).
+    answerability: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -123,6 +147,12 @@ def _run_settings(service: QAService, options: EvalOptions) -> dict[str, Any]:
     }
     if ask.filters is not None:
         settings["filters"] = str(ask.filters)
+    reader = service.reader
+    settings["reader"] = (
+        f"{reader.reader.name}, {reader.depth} passages, threshold {reader.threshold:.4f}"
+        if reader
+        else "off"
+    )
     return settings | {"diversity": str(ask.diversity)}
 
 
@@ -139,8 +169,39 @@ def _latency(results: Sequence[QuestionResult], seconds: float) -> dict[str, flo
     }
 
 
+def answerability_scores(results: Sequence[QuestionResult]) -> tuple[str, list[float]]:
+    """What says how answerable each question looked, and its values: the reader's `confidence`
+    when any question has one, else the best passage's support (`top_support`, what retrieval
+    abstains on). A question without the score (not read, or nothing retrieved) gets -inf: it
+    ranks below every other and no threshold answers it."""
+    if any(r.confidence is not None for r in results):
+        return "confidence", [-math.inf if r.confidence is None else r.confidence for r in results]
+    return "top_support", [-math.inf if r.top_score is None else r.top_score for r in results]
+
+
+def _answer_metrics(results: Sequence[QuestionResult]) -> dict[str, float]:
+    """The official SQuAD 2.0 script's `exact` and `f1` (means over scored questions, as
+    fractions rather than its percentages), split into HasAns and NoAns as it does."""
+    scored = [r for r in results if r.exact is not None and r.f1 is not None]
+    if not scored:
+        return {}
+    metrics: dict[str, float] = {
+        "exact": sum(r.exact or 0.0 for r in scored) / len(scored),
+        "f1": sum(r.f1 or 0.0 for r in scored) / len(scored),
+    }
+    has = [r for r in scored if not r.unanswerable]
+    if has:
+        metrics["HasAns_exact"] = sum(r.exact or 0.0 for r in has) / len(has)
+        metrics["HasAns_f1"] = sum(r.f1 or 0.0 for r in has) / len(has)
+    no = [r for r in scored if r.unanswerable]
+    if no:
+        metrics["NoAns_exact"] = sum(r.exact or 0.0 for r in no) / len(no)
+    return metrics
+
+
 def _summary(results: Sequence[QuestionResult]) -> tuple[dict[str, float], dict[str, int]]:
-    """Mean retrieval metrics over judged questions, answer hit rate and abstention figures."""
+    """Mean retrieval metrics over judged questions, answer hit rate, answer scores and
+    abstention figures."""
     judged = [r for r in results if r.metrics]
     metrics = mean_metrics(r.metrics for r in judged)
     checked = [r for r in results if r.answer_hit is not None]
@@ -152,6 +213,14 @@ def _summary(results: Sequence[QuestionResult]) -> tuple[dict[str, float], dict[
             metrics["answer_hit_rate_at_rank1"] = sum(bool(r.answer_hit) for r in first) / len(
                 first
             )
+        # The same for the answer itself, where a reader's span is shorter than its sentence.
+        if any(r.sentence is not None for r in checked):
+            metrics["span_hit_rate"] = sum(bool(r.span_hit) for r in checked) / len(checked)
+            if first:
+                metrics["span_hit_rate_at_rank1"] = sum(bool(r.span_hit) for r in first) / len(
+                    first
+                )
+    metrics |= _answer_metrics(results)
     metrics["abstention_rate"] = sum(r.abstained for r in results) / max(len(results), 1)
     unanswerable = [r for r in results if r.unanswerable]
     if unanswerable:
@@ -159,13 +228,56 @@ def _summary(results: Sequence[QuestionResult]) -> tuple[dict[str, float], dict[
         correct = sum(r.unanswerable for r in abstained)
         metrics["abstention_precision"] = correct / len(abstained) if abstained else 0.0
         metrics["abstention_recall"] = correct / len(unanswerable)
+        answerable = [r for r in results if not r.unanswerable]
+        if answerable:
+            metrics["answered_answerable"] = sum(not r.abstained for r in answerable) / len(
+                answerable
+            )
+        _, scores = answerability_scores(results)
+        area = auroc(scores, [not r.unanswerable for r in results])
+        if area is not None:
+            metrics["answerability_auroc"] = area
     counts = {
         "questions": len(results),
         "judged": len(judged),
         "answer_checked": len(checked),
         "unanswerable": len(unanswerable),
     }
+    if any(r.exact is not None for r in results):
+        counts["answer_scored"] = sum(r.exact is not None for r in results)
     return metrics, counts
+
+
+def _wrong(result: QuestionResult) -> bool:
+    """Answering it would be wrong: it is unanswerable, or the answer it would give shares no word
+    with any gold answer (an abstention without a candidate answer has none: F1 0)."""
+    f1 = result.f1 if result.candidate_f1 is None else result.candidate_f1
+    return result.unanswerable or f1 == 0.0
+
+
+def answerability_summary(results: Sequence[QuestionResult]) -> dict[str, Any]:
+    """For sets with unanswerable questions: which score (`answerability_scores`) judged them
+    and, when every answerable question's answer was scored, `curve` (`metrics.answer_curve`)
+    and `operating_point`, where the service's own decisions put it on the same axes.
+
+    Below the service's threshold a question it abstained on counts with the answer it would
+    have given (the reader's span); one abstained on without reading has none (F1 0), so there
+    it over-counts wrong answers."""
+    if not any(r.unanswerable for r in results):
+        return {}
+    name, scores = answerability_scores(results)
+    summary: dict[str, Any] = {"score": name}
+    answerable = [r for r in results if not r.unanswerable]
+    if not answerable or any(r.f1 is None for r in answerable):
+        return summary
+    wrong = [_wrong(r) for r in results]
+    summary["curve"] = answer_curve(scores, [not r.unanswerable for r in results], wrong)
+    answered = [r for r in results if not r.abstained]
+    summary["operating_point"] = {  # rounded as the curve's points are
+        "answered": round(sum(not r.abstained for r in answerable) / len(answerable), 6),
+        "wrong": round(sum(map(_wrong, answered)) / len(answered), 6) if answered else None,
+    }
+    return summary
 
 
 def summary_by_language(results: Sequence[QuestionResult]) -> dict[str, dict[str, float]]:
@@ -202,12 +314,22 @@ def _result(
     retrieved: list[str],
     scores: list[float],
     qrels: dict[str, int],
+    score_answers: bool = False,
 ) -> QuestionResult:
+    """One question's row; with `score_answers` (gold answer texts are answers, as in SQuAD, not
+    phrases to find) its answer gets the official exact and F1 scores."""
     answer: Answer = timed.answer
-    text = answer.answer_text
-    answer_hit = None
+    text, sentence = answer.answer_text, answer.sentence_text
+    answer_hit = span_hit = None
     if question.answers:
-        answer_hit = text is not None and contains_answer(text, question.answers)
+        # The answer sentence, as documented, whether or not a reader cut a span from it.
+        answer_hit = sentence is not None and contains_answer(sentence, question.answers)
+        span_hit = text is not None and contains_answer(text, question.answers)
+    exact = f1 = candidate_f1 = None
+    if score_answers and (question.answers or question.unanswerable):
+        exact, f1 = answer_scores(text, question.answers)
+        if text is None and answer.candidate_text is not None:
+            candidate_f1 = answer_scores(answer.candidate_text, question.answers)[1]
     return QuestionResult(
         id=question.id,
         question=question.text,
@@ -223,6 +345,12 @@ def _result(
         took_ms=timed.took_ms,
         metrics=query_metrics(retrieved, qrels) if qrels else {},
         language=question.language,
+        confidence=answer.confidence,
+        exact=exact,
+        f1=f1,
+        candidate_f1=candidate_f1,
+        span_hit=span_hit,
+        sentence=sentence if sentence != text else None,
     )
 
 
@@ -303,6 +431,7 @@ def evaluate_question_set(
         notes=notes,
         per_question=results,
         by_language=summary_by_language(results),
+        answerability=answerability_summary(results),
     )
 
 
@@ -353,6 +482,7 @@ def evaluate_benchmark(
     options: EvalOptions | None = None,
     progress: ProgressFactory | None = None,
     encode_batch_size: int = 32,
+    reader: PassageReader | None = None,
 ) -> EvalReport:
     """Index the benchmark corpus like the service would, ask every query, rank documents."""
     options = options or EvalOptions()
@@ -370,10 +500,13 @@ def evaluate_benchmark(
         len(index.passages), round(DOCUMENT_DEPTH * max(passages_per_document, 1.0)) + 100
     )
     service = QAService(
-        encoder, index, options.ask.min_score, top_k, dense_weight=options.dense_weight
-    )
+        encoder, index, options.ask.min_score, top_k, dense_weight=options.dense_weight,
+        reader=reader,
+    )  # fmt: skip
     questions = benchmark.questions
     timed, seconds = _ask_all(service, questions, top_k, options, progress)
+    # SQuAD's gold texts are answers; BEIR has none.
+    score_answers = any(q.answers for q in questions)
     results = []
     for question, answer in zip(questions, timed, strict=True):
         documents: dict[str, float] = {}
@@ -381,11 +514,18 @@ def evaluate_benchmark(
             documents.setdefault(rp.hit.passage.document_id, rp.hit.score)
         retrieved = list(documents)[:DOCUMENT_DEPTH]
         scores = [documents[d] for d in retrieved]
-        results.append(_result(question, answer, retrieved, scores, benchmark.qrels[question.id]))
+        qrels = benchmark.qrels.get(question.id, {})  # none for an unanswerable question
+        results.append(_result(question, answer, retrieved, scores, qrels, score_answers))
     metrics, counts = _summary(results)
     counts |= {"documents": len(index.documents), "passages": len(index.passages)}
     short = sum(1 for r in results if len(r.retrieved) < min(DOCUMENT_DEPTH, len(index.documents)))
     notes = []
+    unanswerable = sum(q.unanswerable for q in questions)
+    if unanswerable:
+        notes.append(
+            f"{unanswerable} unanswerable questions are left out of the retrieval metrics and "
+            "counted in the answer and abstention figures"
+        )
     if short:
         notes.append(
             f"{short} questions ranked fewer than {DOCUMENT_DEPTH} documents at top_k={top_k}; "
@@ -412,4 +552,5 @@ def evaluate_benchmark(
         top_scores=_top_scores(results),
         notes=notes,
         per_question=results,
+        answerability=answerability_summary(results),
     )

@@ -3,11 +3,13 @@ sorting by a column heading. Reports are built directly, without a model."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import re
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,14 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page as BrowserPage
 from playwright.sync_api import expect, sync_playwright
+from rich.console import Console
 
 from qa_service.evaluation import report as report_module
 from qa_service.evaluation.report import (
     count_ticks,
     label_step,
     per_question_rows,
+    print_report,
     render_html,
     report_dict,
     score_histogram,
@@ -271,6 +275,41 @@ def test_plots_have_titles_legends_and_the_threshold() -> None:
     assert ">questions<" in score and ">questions<" in rank  # the y axis titles
 
 
+CURVE = {
+    "score": "top_support",
+    "curve": [
+        {"threshold": 0.2, "answered": 1.0, "wrong": 0.4},
+        {"threshold": 0.5, "answered": 0.75, "wrong": 0.25},
+        {"threshold": 0.7, "answered": 0.25, "wrong": 0.0},
+    ],
+    "operating_point": {"answered": 0.75, "wrong": 0.25},
+}
+
+
+def test_the_answer_curve_marks_the_service_decisions() -> None:
+    rows = [replace(SMALL[0], exact=1.0, f1=1.0, confidence=0.875), *SMALL[1:]]
+    page = page_of(make_report(rows, answerability=CURVE))
+    svgs = re.findall(r"<svg.*?</svg>", page, re.S)
+    assert len(svgs) == 3
+    curve = svgs[2]
+    assert ">Answered vs wrong answers, over thresholds<" in curve
+    assert ">thresholds on top support<" in curve
+    assert ">the service&#x27;s decisions: answered 0.750, wrong 0.250<" in curve
+    assert curve.count("<circle") == 3 + 2  # a dot per threshold, the decisions and their key
+    # x: answered share across the plot; y: up to 0.5, the first top above the highest point.
+    assert ">0.50<" in curve and ">1.0<" in curve
+    assert "best passage&#x27;s support (no reader ran)" in page
+    table = Page(page)
+    assert table.column("confidence") == ["0.875", "—", "—", "—", "—"]
+    assert table.column("F1")[:2] == ["1.000", "—"]
+    # Without unanswerable questions there is no answerability section.
+    assert "Answerability" not in page_of(make_report(rows[:1]))
+    console = Console(file=io.StringIO(), width=200)
+    print_report(report_dict(make_report(rows, answerability=CURVE)), console)
+    printed = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "Answerability is judged on the best passage's support (no reader ran)." in printed
+
+
 # --- in the browser ---------------------------------------------------------------------------
 
 RANKS = [3, None, 1, 12, 2, None, 1, 3, 57, 2]
@@ -287,7 +326,7 @@ def report_page(tmp_path: Path) -> Path:
         result("u1", None, 0.18, unanswerable=True, abstained=True, answer=None, language="sq"),
         result("u2", None, 0.47, unanswerable=True, language="mk"),
     ]
-    write_outputs(make_report(results), tmp_path)
+    write_outputs(make_report(results, answerability=CURVE), tmp_path)
     return tmp_path / "report.html"
 
 
