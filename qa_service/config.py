@@ -14,6 +14,7 @@ from embeddings.base import E5_MODEL
 from embeddings.factory import EncoderBackend
 from embeddings.index import DEFAULT_ANN_THRESHOLD, IndexConfig
 from qa_service.models import Mode
+from qa_service.query.reading import READ_PASSAGES
 from qa_service.query.retrieval import DENSE_WEIGHT
 
 # The product's one default model: the default corpus's readers ask in Albanian, Bosnian,
@@ -83,6 +84,28 @@ class Settings(BaseSettings):
         None,
         description="Abstain when the best passage scores below this; None uses the model's "
         "calibrated threshold.",
+    )
+    # The reader (embeddings/reader.py, query/reading.py).
+    # Off by default: the reader shipped so far ranks and abstains worse than retrieval alone on
+    # the seed sets and held-out SQuAD 2.0, and costs ~10x a question (docs/evaluation.md).
+    reader: bool = Field(
+        False,
+        description="Read the best passages with the reader model: they are reordered by "
+        "whether they answer, the service abstains when none does, and the answer is the exact "
+        "span. Off: the best-matching sentence answers, as judged by the embedding model alone.",
+    )
+    reader_passages: int = Field(
+        READ_PASSAGES, ge=1, le=50, description="Passages the reader reads per question."
+    )
+    reader_min_score: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Abstain when the reader's probability that the best passage answers is "
+        "below this; None uses the threshold calibrated with the model.",
+    )
+    reader_dir: Path | None = Field(
+        None, description="Folder of another reader model; None: the one shipped."
     )
     rebuild_stale_index: bool = Field(
         True,

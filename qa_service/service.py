@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from embeddings import Encoder, EncoderBackend, Vectors, load_encoder
 from embeddings.batching import QueryBatcher, QueueTimeoutError
 from embeddings.factory import recorded_backend
+from embeddings.reader import Reader
 from qa_service.config import DEFAULT_MODEL, Settings
 from qa_service.corpus.chunking import PassageSplitter
 from qa_service.corpus.documents import Document
@@ -47,6 +48,7 @@ from qa_service.index.writes import DocumentUpdater, NewDocument, WriteMode, Wri
 from qa_service.models import Mode, profile_for
 from qa_service.query.answering import Answer
 from qa_service.query.pipeline import AskOptions, QueryPipeline
+from qa_service.query.reading import PassageReader
 from qa_service.query.retrieval import DENSE_WEIGHT
 
 logger = logging.getLogger(__name__)
@@ -114,6 +116,15 @@ def load_configured_encoder(settings: Settings) -> Encoder:
     return load_encoder(model, backend, settings.index_dir / "models")
 
 
+def load_configured_reader(settings: Settings) -> PassageReader | None:
+    """The reader the settings ask for (None when QA_READER is off); a missing or damaged model
+    raises `ModelNotAvailableError` with the fix."""
+    if not settings.reader:
+        return None
+    reader = Reader(settings.reader_dir) if settings.reader_dir else Reader()
+    return PassageReader(reader, settings.reader_passages, settings.reader_min_score)
+
+
 def make_splitter(settings: Settings, encoder: Encoder) -> PassageSplitter:
     return PassageSplitter(
         encoder, settings.passage_tokens, settings.passage_overlap, settings.title_context
@@ -153,6 +164,7 @@ class QAService:
         dense_weight: float = DENSE_WEIGHT,
         updater: DocumentUpdater | None = None,
         max_wait: float | None = None,
+        reader: PassageReader | None = None,
     ) -> None:
         """`min_score` None means the threshold calibrated for the model and each mode.
 
@@ -170,6 +182,7 @@ class QAService:
         # Concurrent requests share model calls (embeddings/batching.py).
         self.queries = QueryBatcher(encoder.encode_queries, max_wait=max_wait)
         self._updater = updater
+        self.reader = reader
         self._write_lock = FairLock()  # in-process writers; `index_lock` across processes
         # Why the index folder's current generation is not the one served (None: it is), and
         # that generation's name, so that it is reported once, not at every check.
@@ -202,12 +215,13 @@ class QAService:
         """The service over the configured index; see `ensure_configured_index` for `owner`."""
         started = time.perf_counter()
         loaded = encoder or load_configured_encoder(settings)
+        reader = load_configured_reader(settings)
         model_seconds = time.perf_counter() - started
         index = ensure_configured_index(settings, loaded, progress, owner)
         updater = DocumentUpdater(index_spec(settings, loaded))
         service = cls(
             loaded, index, settings.min_score, settings.top_k, settings.mode,
-            settings.dense_weight, updater, settings.max_wait_seconds,
+            settings.dense_weight, updater, settings.max_wait_seconds, reader,
         )  # fmt: skip
         if encoder is None:
             service.load_seconds["model"] = model_seconds
@@ -251,6 +265,7 @@ class QAService:
             threshold=self.threshold(mode) if options.min_score is None else options.min_score,
             filters=options.filters,
             diversity=options.diversity,
+            reader=self.reader,
         )
         took_ms = (time.perf_counter() - started) * 1000 / max(len(questions), 1)
         return [TimedAnswer(a, took_ms, pipeline.index.documents) for a in answers]

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from embeddings import E5_MODEL, MINILM_MODEL, Encoder, load_encoder
 from qa_service.api import create_app
 from qa_service.config import Settings
-from qa_service.service import QAService
+from qa_service.service import QAService, load_configured_reader
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "corpus"
@@ -43,6 +43,13 @@ def settings(corpus_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> Set
 @pytest.fixture(scope="session")
 def service(settings: Settings, encoder: Encoder) -> QAService:
     return QAService.from_settings(settings, encoder=encoder)
+
+
+@pytest.fixture(scope="session")
+def read_service(service: QAService) -> QAService:
+    """The same index and model with the reader on (QA_READER), as `from_settings` loads it."""
+    reader = load_configured_reader(Settings(reader=True))
+    return QAService(service.encoder, service.index, None, service.top_k, reader=reader)
 
 
 @pytest.fixture(scope="session")

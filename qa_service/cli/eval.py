@@ -137,7 +137,11 @@ def evaluate(
         with user_errors():
             if path.is_dir() or is_squad_file(path):
                 from qa_service.corpus.chunking import WholeDocumentSplitter
-                from qa_service.service import load_configured_encoder, make_splitter
+                from qa_service.service import (
+                    load_configured_encoder,
+                    load_configured_reader,
+                    make_splitter,
+                )
 
                 # MTEB joins title and text with a space; for sentence splitting a line break
                 # keeps the title a sentence of its own.
@@ -151,7 +155,7 @@ def evaluate(
                 )
                 report = evaluate_benchmark(
                     benchmark, encoder, splitter, cache_dir or settings.index_dir / "eval-cache",
-                    options, bars, settings.batch_size,
+                    options, bars, settings.batch_size, load_configured_reader(settings),
                 )  # fmt: skip
             else:
                 if whole_documents:

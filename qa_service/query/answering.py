@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embeddings import Vectors
+from embeddings.reader import Reading
 from qa_service.corpus.words import STOPWORDS, WORD
 from qa_service.index.store import IndexData
 from qa_service.query.retrieval import Hit
@@ -42,6 +43,7 @@ class RankedPassage:
     hit: Hit
     rank: int  # 1-based
     highlight: Sentence | None
+    reading: Reading | None = None  # the reader's, where it read the passage
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,32 @@ class Answer:
     answerable: bool
     passages: list[RankedPassage]
     answer_rank: int | None  # rank of the passage holding the answer sentence
+    # The answer itself, as offsets inside the answer passage's text, where the reader read it
+    # (query/reading.py); without it the answer sentence stands for the answer. Kept when the
+    # service abstains: then it is what the first passage would have answered.
+    span: tuple[int, int] | None = None
+    # The reader's probability that the answer passage answers the question (None: not read).
+    confidence: float | None = None
 
     @property
     def answer_text(self) -> str | None:
+        """The answer: the reader's span, or else the answer sentence."""
+        if self.answer_rank is None:
+            return None
+        if self.span is not None:
+            return self.passages[self.answer_rank - 1].hit.passage.text[self.span[0] : self.span[1]]
+        return self.sentence_text
+
+    @property
+    def candidate_text(self) -> str | None:
+        """What the service answers or, where it abstained after reading, would have answered."""
+        if self.answer_rank is None and self.span is not None and self.passages:
+            return self.passages[0].hit.passage.text[self.span[0] : self.span[1]]
+        return self.answer_text
+
+    @property
+    def sentence_text(self) -> str | None:
+        """The answer sentence (the highlight of the answer passage)."""
         if self.answer_rank is None:
             return None
         ranked = self.passages[self.answer_rank - 1]
@@ -84,22 +109,51 @@ class AnswerBuilder:
         assert best is not None, "a passage always has at least one sentence unit"
         return best
 
+    def sentence_around(self, hit: Hit, start: int, end: int) -> Sentence:
+        """The passage's sentences that hold [start, end) (offsets inside the passage)."""
+        passage = hit.passage
+        units = self._index.units[passage.document_id][passage.first_unit : passage.last_unit]
+        spans = [(a - passage.start, b - passage.start) for a, b in units]
+        first = next((a for a, b in spans if a <= start < b), spans[0][0])
+        last = next((b for a, b in reversed(spans) if a < end <= b), spans[-1][1])
+        return Sentence(first, last, 0.0)
+
     def build(
-        self, question: str, question_vectors: Vectors, hits: list[Hit], threshold: float
+        self,
+        question: str,
+        question_vectors: Vectors,
+        hits: list[Hit],
+        threshold: float,
+        readings: list[Reading | None] | None = None,
+        reader_threshold: float = 0.0,
     ) -> Answer:
+        """With `readings` (one per hit, the read ones first and best first), the first hit's
+        reading decides with retrieval's score whether to answer, and its span is the answer."""
         answerable = bool(hits) and hits[0].support >= threshold
+        first = readings[0] if readings else None
+        if first is not None:
+            answerable = answerable and first.probability >= reader_threshold
         terms = content_terms(question)
         ranked = []
         answer_rank, answer_score = None, -np.inf
         for rank, hit in enumerate(hits, start=1):
             sentence = None
-            if rank <= HIGHLIGHTED_PASSAGES:
+            reading = readings[rank - 1] if readings else None
+            if rank == 1 and first is not None:
+                sentence = self.sentence_around(hit, first.start, first.end)
+            elif rank <= HIGHLIGHTED_PASSAGES:
                 sentence = self.best_sentence(hit, question_vectors, terms)
-            ranked.append(RankedPassage(hit, rank, sentence))
+            ranked.append(RankedPassage(hit, rank, sentence, reading))
             # The answer weighs how well the sentence and its passage both match.
-            if sentence is None:
+            if sentence is None or first is not None:
                 continue
             combined = sentence.score + PASSAGE_WEIGHT * hit.score
             if answerable and rank <= ANSWER_PASSAGES and combined > answer_score:
                 answer_rank, answer_score = rank, combined
+        if first is not None:
+            # The span is kept when the service abstains: what it would have answered.
+            return Answer(
+                question, answerable, ranked, 1 if answerable else None,
+                (first.start, first.end), first.probability,
+            )  # fmt: skip
         return Answer(question, answerable, ranked, answer_rank)

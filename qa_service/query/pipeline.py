@@ -22,6 +22,7 @@ from qa_service.index.store import IndexData
 from qa_service.models import Mode, profile_for
 from qa_service.query.answering import Answer, AnswerBuilder
 from qa_service.query.lexicon import Lexicon, WordCache, words_of
+from qa_service.query.reading import PassageReader, ReadHits
 from qa_service.query.retrieval import (
     DENSE_WEIGHT,
     LEXICAL_SUPPORT_COVERAGE,
@@ -84,10 +85,12 @@ class QueryPipeline:
         threshold: float,
         filters: Filters | None = None,
         diversity: float = 0.0,
+        reader: PassageReader | None = None,
     ) -> list[Answer]:
         """Answer each question from what is searched for it, its query (a follow-up together
-        with the questions before it, or the question itself); the answer sentence is chosen
-        for the question as asked."""
+        with the questions before it, or the question itself); the answer sentence is chosen,
+        and the `reader` reads, for the question as asked (read with the earlier questions of a
+        follow-up, it answers the first of them)."""
         if len(queries) != len(questions):
             raise ValueError("one query per question")
         # Searched with the acronyms it uses spelled out.
@@ -122,10 +125,27 @@ class QueryPipeline:
             SearchQuery(q, by_text[q], coverage.get(q, 1.0), translations.get(q)) for q in searched
         ]
         hits = self.retriever.retrieve(search, k, mode, filters, diversity)
-        return [
-            self.answers.build(q, by_text[q], h, threshold)
-            for q, h in zip(questions, hits, strict=True)
-        ]
+        read: dict[int, ReadHits] = {}
+        if reader is not None:
+            # Questions in another language than the documents' are left unread (reading.py).
+            readable = {
+                q: coverage[q] if q in coverage else self.retriever.lexical_coverage(q)
+                for q in dict.fromkeys(searched)
+            }
+            chosen = [n for n, q in enumerate(searched) if reader.reads(readable[q])]
+            texts_read = [questions[n] for n in chosen]
+            read = dict(zip(chosen, reader.run(texts_read, [hits[n] for n in chosen]), strict=True))
+        answers = []
+        for n, (question, found) in enumerate(zip(questions, hits, strict=True)):
+            vectors = by_text[question]
+            if n in read and reader is not None:
+                r = read[n]
+                answers.append(self.answers.build(
+                    question, vectors, r.hits, threshold, r.readings, reader.threshold
+                ))  # fmt: skip
+            else:
+                answers.append(self.answers.build(question, vectors, found, threshold))
+        return answers
 
 
 def _stack(vectors: list[Vectors], like: Vectors) -> Vectors:

@@ -25,5 +25,6 @@ async def readyz(request: Request, response: Response) -> Readiness:
         documents=len(service.index.documents),
         passages=len(service.index.passages),
         model=service.encoder.name,
+        reader=service.reader.reader.name if service.reader else None,
         index_problem=service.index_problem,
     )
