@@ -238,9 +238,34 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-class AnswerSentence(BaseModel):
-    text: str = Field(description="The sentence that best answers, verbatim from a passage.")
-    passage_rank: int = Field(description="Rank of the passage that holds the sentence.")
+class SentenceOut(BaseModel):
+    text: str
+    start: int = Field(
+        description="Offset in the document's text: `document.text[start:end] == text`."
+    )
+    end: int
+
+
+class AnswerOut(BaseModel):
+    text: str = Field(
+        description="The answer, verbatim: the reader's span where it read the passage, "
+        "otherwise the sentence that best answers."
+    )
+    start: int = Field(
+        description="Offset of the answer in the text of document `document_id`, in Unicode "
+        "code points: `document.text[start:end] == text`."
+    )
+    end: int
+    document_id: str
+    passage_rank: int = Field(description="Rank of the passage that holds the answer.")
+    sentence: SentenceOut = Field(
+        description="The sentence (or run of sentences) around the answer: its passage's highlight."
+    )
+    confidence: float | None = Field(
+        description="The reader's probability that the passage answers the question; null "
+        "where the reader did not read it (reader off, or a question in another language "
+        "than the documents')."
+    )
 
 
 class PassageOut(BaseModel):
@@ -268,6 +293,11 @@ class PassageOut(BaseModel):
     highlight: Span | None = Field(
         description="Span inside `text` of the sentence that best answers the question."
     )
+    reader_score: float | None = Field(
+        None,
+        description="The reader's probability that this passage answers the question; null "
+        "where it was not read.",
+    )
 
 
 class AskResponse(BaseModel):
@@ -275,12 +305,22 @@ class AskResponse(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "question": "What is GRETA?",
+                    "question": "What was the objective of the Regional Expert Group Meeting?",
                     "answerable": True,
                     "answer": {
-                        "text": "Reports from the CoE’s Group of Experts on Action against "
-                        "Trafficking in Human Beings (GRETA) highlight that …",
+                        "text": "The objective of the meeting was to provide participants with "
+                        "a better …",
+                        "start": 2491,
+                        "end": 2741,
+                        "document_id": "002_1e161a6a470d0d70",
                         "passage_rank": 1,
+                        "sentence": {
+                            "text": "The objective of the meeting was to provide participants "
+                            "with a better …",
+                            "start": 2491,
+                            "end": 2741,
+                        },
+                        "confidence": None,
                     },
                     "passages": [],
                     "took_ms": 14.2,
@@ -291,7 +331,7 @@ class AskResponse(BaseModel):
 
     question: str
     answerable: bool = Field(description="False when nothing relevant enough was found.")
-    answer: AnswerSentence | None
+    answer: AnswerOut | None
     passages: list[PassageOut] = Field(
         description="Best passages, best first; still returned when the service abstains."
     )
@@ -319,18 +359,34 @@ class AskResponse(BaseModel):
                     end=p.end,
                     page=p.page,
                     highlight=Span(start=highlight.start, end=highlight.end) if highlight else None,
+                    reader_score=_round(ranked.reading.probability) if ranked.reading else None,
                 )
             )
-        sentence = None
-        if answer.answer_rank is not None and answer.answer_text is not None:
-            sentence = AnswerSentence(text=answer.answer_text, passage_rank=answer.answer_rank)
         return cls(
             question=answer.question,
             answerable=answer.answerable,
-            answer=sentence,
+            answer=_answer_out(answer, documents),
             passages=passages,
             took_ms=round(took_ms, 3),
         )
+
+
+def _answer_out(answer: Answer, documents: dict[str, Document]) -> AnswerOut | None:
+    if answer.answer_rank is None:
+        return None
+    ranked = answer.passages[answer.answer_rank - 1]
+    passage, sentence = ranked.hit.passage, ranked.highlight
+    if sentence is None:
+        return None
+    start, end = answer.span or (sentence.start, sentence.end)
+    text = documents[passage.document_id].text
+    a, b = passage.start + start, passage.start + end
+    s, e = passage.start + sentence.start, passage.start + sentence.end
+    return AnswerOut(
+        text=text[a:b], start=a, end=b, document_id=passage.document_id,
+        passage_rank=ranked.rank, sentence=SentenceOut(text=text[s:e], start=s, end=e),
+        confidence=_round(answer.confidence),
+    )  # fmt: skip
 
 
 class ChatResponse(AskResponse):
@@ -350,7 +406,7 @@ class AnswerEvent(BaseModel):
     """The event of a streamed chat response that follows the passages."""
 
     answerable: bool
-    answer: AnswerSentence | None
+    answer: AnswerOut | None
 
 
 class DocumentSummary(BaseModel):
@@ -401,6 +457,9 @@ class Readiness(BaseModel):
     documents: int = 0
     passages: int = 0
     model: str | None = None
+    reader: str | None = Field(
+        None, description="The reader model and its version; null when the reader is off."
+    )
     index_problem: str | None = Field(
         None,
         description="Set when another process made current an index this server cannot serve "

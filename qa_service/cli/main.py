@@ -153,10 +153,11 @@ def ask(
 
 
 def _print_answer(response: AskResponse, min_score: float | None) -> None:
-    if response.answer is not None:
-        out.print(
-            f"[bold]Answer[/] [{response.answer.passage_rank}]: {escape(response.answer.text)}\n"
-        )
+    if (answer := response.answer) is not None:
+        out.print(f"[bold]Answer[/] [{answer.passage_rank}]: {escape(answer.text)}")
+        if answer.sentence.text != answer.text:
+            out.print(f"  [dim]from:[/] {escape(answer.sentence.text)}")
+        out.print()
     elif response.passages:
         best = response.passages[0].score
         out.print(

@@ -278,11 +278,10 @@ def answer_citations(
         return None, []
     rank = response.answer.passage_rank if response.answer else response.passages[0].rank
     passage = next((p for p in response.passages if p.rank == rank), response.passages[0])
-    text = response.answer.text if response.answer else _highlighted(passage)
+    text = response.answer.sentence.text if response.answer else _highlighted(passage)
     answer_start = answer_end = None
-    if passage.highlight and passage.text[passage.highlight.start : passage.highlight.end] == text:
-        answer_start = passage.start + passage.highlight.start
-        answer_end = passage.start + passage.highlight.end
+    if response.answer:
+        answer_start, answer_end = response.answer.sentence.start, response.answer.sentence.end
     url = (
         document_url(base_url, passage.document_id, passage.start, passage.end)
         if base_url

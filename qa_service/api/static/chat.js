@@ -114,18 +114,26 @@
     return item;
   }
 
-  /** One "[n]" link per passage; the passage holding the answer sentence comes first. */
-  function citations(passages, firstRank, replyId) {
-    const ordered = [...passages].sort(
-      (a, b) => (b.rank === firstRank) - (a.rank === firstRank) || a.rank - b.rank,
-    );
-    return ordered.flatMap((p) => {
+  /** One "[n]" link per passage. */
+  function citations(passages, replyId) {
+    return passages.flatMap((p) => {
       const link = el("a", "citation", `[${p.rank}]`);
       link.href = `#${replyId}-p${p.rank}`;
       link.dataset.rank = p.rank;
       link.title = `Show passage ${p.rank}: ${p.title || p.document_id}`;
       return [" ", link];
     });
+  }
+
+  /** The answer's sentence with the answer itself in bold (offsets are code points). */
+  function answerNodes(answer) {
+    const sentence = answer.sentence;
+    if (!sentence || answer.start < sentence.start || answer.end > sentence.end) return [answer.text];
+    const text = sentence.text;
+    const a = utf16Index(text, answer.start - sentence.start);
+    const b = utf16Index(text, answer.end - sentence.start);
+    if (a === 0 && b === text.length) return [text];
+    return [text.slice(0, a), el("strong", null, text.slice(a, b)), text.slice(b)];
   }
 
   const normalise = (s) => (s || "").trim().replace(/\s+/g, " ").toLowerCase();
@@ -164,8 +172,10 @@
         const all = [...passages.values()];
         let nodes;
         if (answerable && answer) {
-          const p = el("p", "answer", answer.text);
-          p.append(...citations(all, answer.passage_rank, replyId));
+          // Cited: the passage that holds the answer, and only it.
+          const p = el("p", "answer");
+          p.append(...answerNodes(answer));
+          p.append(...citations(all.filter((x) => x.rank === answer.passage_rank), replyId));
           nodes = [p];
         } else {
           const text = all.length
@@ -175,7 +185,7 @@
           nodes = [el("p", "abstained", text)];
           if (all.length) {
             const refs = el("p", "citations", "Nearest passages:");
-            refs.append(...citations(all, null, replyId));
+            refs.append(...citations(all, replyId));
             nodes.push(refs);
           }
         }
@@ -340,7 +350,7 @@
     setBusy(true);
     try {
       const result = await fetchAnswer(messages, reply, current.signal);
-      const content = result.answerable && result.answer ? result.answer.text : ABSTAINED_CONTENT;
+      const content = result.answerable && result.answer ? result.answer.sentence.text : ABSTAINED_CONTENT;
       history = [...messages, { role: "assistant", content: content.slice(0, MAX_ANSWER_CHARS) }];
     } catch (err) {
       if (err.name === "AbortError") return;

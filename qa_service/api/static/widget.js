@@ -169,12 +169,23 @@
     const box = el("div", "qa-msg qa-bot");
     const passages = result.passages || [];
     if (result.answerable && result.answer) {
-      const answer = el("p", "qa-answer", result.answer.text);
-      const first = result.answer.passage_rank;
-      const ordered = [...passages].sort(
-        (a, b) => (b.rank === first) - (a.rank === first) || a.rank - b.rank,
-      );
-      for (const p of ordered) {
+      const found = result.answer;
+      const answer = el("p", "qa-answer");
+      // The answer's sentence, the answer itself in bold (offsets count code points).
+      const sentence = Array.from(found.sentence.text);
+      const a = found.start - found.sentence.start;
+      const b = found.end - found.sentence.start;
+      if (a > 0 || b < sentence.length) {
+        answer.append(
+          sentence.slice(0, a).join(""),
+          el("strong", null, sentence.slice(a, b).join("")),
+          sentence.slice(b).join(""),
+        );
+      } else {
+        answer.textContent = found.sentence.text;
+      }
+      // Cited: the passage that holds the answer, and only it.
+      for (const p of passages.filter((x) => x.rank === found.passage_rank)) {
         const hint = `Passage ${p.rank} in its document (new tab)`;
         answer.append(" ", newTabLink("qa-citation", `[${p.rank}]`, documentUrl(p), hint));
       }

@@ -23,9 +23,44 @@ def test_ask_returns_the_contract(client: TestClient) -> None:
     answer = body["answer"]
     holder = body["passages"][answer["passage_rank"] - 1]
     h = holder["highlight"]
-    assert holder["text"][h["start"] : h["end"]] == answer["text"]
-    assert holder["document_id"] == "001_679cc4caf4b8cd25"
+    # The answer's sentence is its passage's highlight, and the answer lies inside it.
+    assert holder["text"][h["start"] : h["end"]] == answer["sentence"]["text"]
+    assert answer["sentence"]["start"] == holder["start"] + h["start"]
+    assert answer["sentence"]["start"] <= answer["start"] < answer["end"]
+    assert answer["end"] <= answer["sentence"]["end"]
+    assert holder["document_id"] == answer["document_id"] == "001_679cc4caf4b8cd25"
     assert "hidden nature of trafficking" in body["passages"][0]["text"]
+
+
+def test_without_the_reader_the_sentence_is_the_answer(client: TestClient) -> None:
+    body = client.post("/v1/ask", json={"question": "What is GRETA?"}).json()
+    answer = body["answer"]
+    assert answer["confidence"] is None
+    assert answer["text"] == answer["sentence"]["text"]
+    sentence = answer["sentence"]
+    assert (answer["start"], answer["end"]) == (sentence["start"], sentence["end"])
+    assert all(p["reader_score"] is None for p in body["passages"])
+
+
+def test_with_the_reader_the_answer_is_the_exact_span_of_its_document(
+    settings: Settings, read_service: QAService
+) -> None:
+    question = "How many participants attended the Second Country Workshop?"
+    with TestClient(create_app(settings, read_service)) as client:
+        body = client.post("/v1/ask", json={"question": question}).json()
+        answer = body["answer"]
+        document = client.get(f"/v1/documents/{answer['document_id']}").json()["text"]
+    assert body["answerable"] is True and "29" in answer["text"]
+    assert len(answer["text"]) < len(answer["sentence"]["text"])  # the answer, not its sentence
+    assert document[answer["start"] : answer["end"]] == answer["text"]
+    sentence = answer["sentence"]
+    assert document[sentence["start"] : sentence["end"]] == sentence["text"]
+    assert sentence["start"] <= answer["start"] < answer["end"] <= sentence["end"]
+    first = body["passages"][0]
+    assert answer["passage_rank"] == 1 and first["reader_score"] == answer["confidence"]
+    read = [p["reader_score"] for p in body["passages"][:3]]
+    assert read == sorted(read, reverse=True)  # the read passages, most likely to answer first
+    assert all(p["reader_score"] is None for p in body["passages"][3:])
 
 
 def test_passage_offsets_index_into_the_document_endpoint(client: TestClient) -> None:

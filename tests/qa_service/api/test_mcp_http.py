@@ -93,7 +93,7 @@ def test_tools_over_http(server: str) -> None:
     answered = anyio.run(run)
     body = {"question": QUESTION}
     expected = httpx.post(f"{server}/v1/ask", json=body, timeout=60).json()
-    assert answered["answer"] == expected["answer"]["text"]
+    assert answered["answer"] == expected["answer"]["sentence"]["text"]
 
 
 def test_http_transport_needs_a_read_key_when_they_are_set(keyed_server: str) -> None:

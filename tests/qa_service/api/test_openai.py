@@ -41,7 +41,7 @@ def _cited_passage(server: str, body: dict[str, Any], route: str = "/v1/ask") ->
     assert response["answerable"] is True
     rank = response["answer"]["passage_rank"]
     passage: dict[str, Any] = next(p for p in response["passages"] if p["rank"] == rank)
-    return {**passage, "answer": response["answer"]["text"]}
+    return {**passage, "answer": response["answer"]["sentence"]["text"]}
 
 
 def test_models_lists_the_collection(llm: openai.OpenAI) -> None:

@@ -75,6 +75,8 @@ def test_a_question_gets_a_cited_answer(page: Page, server: str) -> None:
     ask(page, "Which bodies supported the first joint investigation team?")
     reply = page.locator(".message.assistant").last
     expect(reply.locator("p.answer")).to_contain_text("supported by UNODC and Eurojust")
+    # Cited by the one passage it comes from.
+    expect(reply.locator("p.answer a.citation")).to_have_count(1)
     expect(reply.locator("a.citation").first).to_have_text("[1]")
     expect(reply.locator("li.passage, .passage[data-rank]")).to_have_count(5)
 
@@ -143,6 +145,7 @@ def test_the_widget_works_from_an_allowed_origin(
     page.locator("button.qa-send").click()
     expect(page.locator(".qa-answer")).to_contain_text("GRETA")
     document_link = re.compile(f"^{re.escape(server)}/document")
+    expect(page.locator(".qa-citation")).to_have_count(1)  # only the passage that answers
     expect(page.locator(".qa-citation").first).to_have_attribute("href", document_link)
     expect(page.locator(".qa-error")).to_have_count(0)
 
@@ -213,13 +216,14 @@ TAGLINE = "Field <b>notes</b> from 2024 & 2025"
 
 
 @pytest.fixture(scope="module")
-def named_server(settings: Settings, service: QAService) -> Iterator[str]:
-    """The app over the same index, with the collection named by settings, on loopback."""
+def named_server(settings: Settings, read_service: QAService) -> Iterator[str]:
+    """The app over the same index, with the collection named by settings and the reader on,
+    on loopback."""
     named = settings.model_copy(
         update={"page_title": TITLE, "page_tagline": TAGLINE, "index_check_seconds": 0}
     )
     port = free_port()
-    config = uvicorn.Config(create_app(named, service), host="127.0.0.1", port=port,
+    config = uvicorn.Config(create_app(named, read_service), host="127.0.0.1", port=port,
                             log_level="warning")  # fmt: skip
     uvicorn_server = uvicorn.Server(config)
     thread = threading.Thread(target=uvicorn_server.run, daemon=True)
@@ -245,6 +249,15 @@ def test_a_configured_title_shows_as_text(page: Page, named_server: str) -> None
     expect(page.locator(".tagline")).to_have_text(TAGLINE)
     expect(page.locator("header script, header b")).to_have_count(0)
     assert page.evaluate("window.injected") is None
+
+
+def test_with_the_reader_the_answer_is_bold_in_its_sentence(page: Page, named_server: str) -> None:
+    page.goto(named_server + "/")
+    ask(page, "How many participants attended the Second Country Workshop?")
+    reply = page.locator(".message.assistant").last
+    expect(reply.locator("p.answer strong")).to_contain_text("29")
+    expect(reply.locator("p.answer")).to_contain_text("participants were drawn from")
+    expect(reply.locator("p.answer a.citation")).to_have_count(1)
 
 
 QUESTION = "Which bodies supported the first joint investigation team?"

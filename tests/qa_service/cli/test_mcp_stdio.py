@@ -39,6 +39,6 @@ def test_tools_over_stdio(settings: Settings, service: QAService, tmp_path: Path
 
     answered = anyio.run(run)
     expected = service.ask("What was the objective of the Regional Expert Group Meeting?")
-    assert answered["answer"] == expected.answer.answer_text
+    assert answered["answer"] == expected.answer.sentence_text
     # Nothing of the questions is logged (QA_LOG_QUESTIONS is off).
     assert "Regional Expert Group" not in log.read_text()
