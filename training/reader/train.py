@@ -110,6 +110,40 @@ def squad1_pairs(articles: list[dict[str, Any]], rng: random.Random) -> list[Pai
     return pairs
 
 
+# A name or a number: what SQuAD 2.0's writers often swapped to make a question unanswerable.
+NAMED = re.compile(r"\b(?:[A-Z][\w'-]+(?: [A-Z][\w'-]+)*|\d[\d,.]*)\b")
+
+
+def swapped_pairs(articles: list[dict[str, Any]], rng: random.Random) -> list[Pair]:
+    """Unanswerable questions made from answerable ones, as SQuAD 2.0's writers made many: a name
+    or number the question shares with its paragraph is swapped for one of the same article
+    that the paragraph never mentions, so the question stays on the paragraph's topic and asks
+    about something it does not say (Rajpurkar et al. 2018, "entity swap")."""
+    pairs = []
+    for article in articles:
+        paragraphs = [p["context"] for p in article["paragraphs"]]
+        lower = {w for text in paragraphs for w in WORD.findall(text) if w.islower()}
+        # A capitalised word also written in lower case ("Later") is no name.
+        names = sorted({
+            n for text in paragraphs for n in NAMED.findall(text)
+            if " " in n or n[0].isdigit() or n.lower() not in lower
+        })  # fmt: skip
+        for paragraph in article["paragraphs"]:
+            context = paragraph["context"]
+            foreign = [n for n in names if n not in context]
+            for qa in paragraph["qas"]:
+                question = qa["question"]
+                shared = [n for n in NAMED.findall(question[1:]) if n in context and n in names]
+                if not shared or not foreign:
+                    continue
+                old = rng.choice(shared)
+                same_kind = [n for n in foreign if n[0].isdigit() == old[0].isdigit()]
+                if not same_kind:
+                    continue
+                pairs.append(Pair(question.replace(old, rng.choice(same_kind), 1), context, None))
+    return pairs
+
+
 def squad2_pairs(articles: list[dict[str, Any]]) -> list[Pair]:
     pairs = []
     for article in articles:
@@ -440,6 +474,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--squad1-pairs", type=int, default=0, help="train on this many SQuAD v1.1 pairs (0: all)"
     )
+    parser.add_argument(
+        "--swapped", type=int, default=0, help="add this many entity-swapped unanswerable pairs"
+    )
     parser.add_argument("--resume", type=Path, help="skip training: load these weights (reader.pt)")
     parser.add_argument(
         "--limit", type=int, default=0, help="train on this many pairs (a smoke run)"
@@ -461,6 +498,11 @@ def main(argv: list[str]) -> int:
         first = first[: args.squad1_pairs]
     second = squad2_pairs([a for a in _articles(SQUAD2) if a["title"] not in HELD_OUT_SQUAD2])
     train_pairs = first + second * args.squad2_repeat
+    if args.swapped:
+        trained = [a for a in _articles(SQUAD1) if a["title"] not in HELD_OUT_SQUAD1]
+        swapped = swapped_pairs(trained, rng)
+        rng.shuffle(swapped)
+        train_pairs += swapped[: args.swapped]
     if args.init:
         model.load_state_dict(torch.load(args.init))
     rng.shuffle(train_pairs)
