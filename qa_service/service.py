@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from embeddings import Encoder, EncoderBackend, Vectors, load_encoder
 from embeddings.batching import QueryBatcher, QueueTimeoutError
@@ -47,6 +48,7 @@ from qa_service.index.store import (
 from qa_service.index.writes import DocumentUpdater, NewDocument, WriteMode, WriteResult
 from qa_service.models import Mode, profile_for
 from qa_service.query.answering import Answer
+from qa_service.query.lexicon import cache_path, read_cached, save_cached
 from qa_service.query.pipeline import AskOptions, QueryPipeline
 from qa_service.query.reading import PassageReader
 from qa_service.query.retrieval import DENSE_WEIGHT
@@ -165,14 +167,17 @@ class QAService:
         updater: DocumentUpdater | None = None,
         max_wait: float | None = None,
         reader: PassageReader | None = None,
+        lexicon_cache: Path | None = None,
     ) -> None:
         """`min_score` None means the threshold calibrated for the model and each mode.
+        `lexicon_cache` keeps the model's lexicon (query/lexicon.py) between loads.
 
         Without an `updater` (an index folder to write to), document writes are refused.
         `max_wait` bounds a question's wait for the model (None: no bound).
         """
         self.encoder = encoder
         self.dense_weight = dense_weight
+        self._lexicon_cache = lexicon_cache
         self._pipeline = self._new_pipeline(index)
         # Seconds it took `from_settings` to load the model and the index ("model", "index").
         self.load_seconds: dict[str, float] = {}
@@ -197,7 +202,23 @@ class QAService:
                 f"index built with {index.manifest.model} cannot be queried with "
                 f"{self.encoder.name}"
             )
-        return QueryPipeline(index, self.encoder.encode_queries, self.dense_weight, previous)
+        path, known = self._lexicon_cache, None
+        if previous is None and path is not None:
+            known = read_cached(path, self.encoder.name)
+        pipeline = QueryPipeline(
+            index, self.encoder.encode_queries, self.dense_weight, previous, known
+        )
+        before = previous.lexicon if previous is not None else known
+        if (
+            path is not None
+            and pipeline.lexicon is not None
+            and (before is None or set(pipeline.lexicon.words) != set(before.words))
+        ):
+            try:
+                save_cached(path, self.encoder.name, pipeline.lexicon)
+            except OSError as exc:  # a cache: the next load builds it again
+                logger.warning("cannot save the lexicon to %s: %s", path, exc)
+        return pipeline
 
     @property
     def index(self) -> IndexData:
@@ -222,6 +243,7 @@ class QAService:
         service = cls(
             loaded, index, settings.min_score, settings.top_k, settings.mode,
             settings.dense_weight, updater, settings.max_wait_seconds, reader,
+            cache_path(settings.index_dir / "models", loaded.name),
         )  # fmt: skip
         if encoder is None:
             service.load_seconds["model"] = model_seconds

@@ -15,16 +15,21 @@ dev acc@1 0.821 -> 0.857, extra 0.875 -> 0.898; English questions are not transl
 
 from __future__ import annotations
 
+import hashlib
+import io
+import logging
 import re
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from embeddings import Vectors
+from embeddings.files import replace_file
 from qa_service.corpus.documents import Document
 from qa_service.corpus.words import STOPWORDS, WORD
 
@@ -38,6 +43,8 @@ TRANSLATED_WEIGHT = 0.5
 # The corpus's most frequent words are encoded, at most this many (the default corpus has 718).
 MAX_WORDS = 20_000
 _WORD = re.compile(r"[^\W\d_]{3,}")  # words of three letters or more
+
+logger = logging.getLogger(__name__)
 
 
 def words_of(text: str) -> list[str]:
@@ -113,3 +120,32 @@ class Lexicon:
         best = cosines.argmax(axis=1)
         found = [self.words[j] for i, j in enumerate(best) if cosines[i, j] >= MIN_COSINE]
         return Translation(" ".join(found), TRANSLATED_WEIGHT * len(found) / total)
+
+
+def cache_path(folder: Path, model: str) -> Path:
+    """Where the lexicon of `model` is kept between loads (one file per model)."""
+    return folder / f"lexicon-{hashlib.sha256(model.encode()).hexdigest()[:16]}.npz"
+
+
+def read_cached(path: Path, model: str) -> Lexicon | None:
+    """The lexicon saved by `save_cached` for `model`, or None (none yet, another model's, or
+    unreadable: it is then rebuilt, never trusted)."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            if str(saved["model"]) != model:
+                return None
+            return Lexicon([str(w) for w in saved["words"]], saved["vectors"].astype(np.float32))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError) as exc:
+        logger.warning("ignoring the cached lexicon %s: %s", path, exc)
+        return None
+
+
+def save_cached(path: Path, model: str, lexicon: Lexicon) -> None:
+    """Written atomically, so a crash leaves the old file or the new one."""
+    buffer = io.BytesIO()
+    np.savez(buffer, model=np.str_(model), words=np.array(lexicon.words, dtype=np.str_),
+             vectors=lexicon.vectors)  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_file(path, buffer.getvalue())

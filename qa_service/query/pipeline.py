@@ -55,9 +55,11 @@ class QueryPipeline:
         encode: Encode,
         dense_weight: float = DENSE_WEIGHT,
         previous: QueryPipeline | None = None,
+        known: Lexicon | None = None,
     ) -> None:
-        """`encode` builds the lexicon of a model that has one (its words already in
-        `previous`'s are not encoded again)."""
+        """`encode` builds the lexicon of a model that has one; its words already in
+        `previous`'s lexicon, or else in `known` (one an earlier process saved), are not encoded
+        again."""
         self.index = index
         self.retriever = Retriever(index, dense_weight)
         self.answers = AnswerBuilder(index)
@@ -67,7 +69,8 @@ class QueryPipeline:
         self.words: WordCache = previous.words if previous is not None else WordCache()
         if profile_for(index.manifest.model).lexicon:
             started = time.perf_counter()
-            known = previous.lexicon if previous is not None else None
+            if previous is not None:
+                known = previous.lexicon
             self.lexicon = Lexicon.build(index.documents.values(), encode, known)
             logger.info(
                 "lexicon of %d words ready in %.1f s",

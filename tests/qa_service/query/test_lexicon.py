@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from embeddings import Vectors
 from qa_service.corpus.documents import Document
-from qa_service.query.lexicon import MIN_COSINE, TRANSLATED_WEIGHT, Lexicon, WordCache, words_of
+from qa_service.query.lexicon import (
+    MIN_COSINE,
+    TRANSLATED_WEIGHT,
+    Lexicon,
+    WordCache,
+    cache_path,
+    read_cached,
+    save_cached,
+    words_of,
+)
 from qa_service.query.pipeline import AskOptions, QueryPipeline
 from qa_service.query.retrieval import Retriever, SearchQuery
 from qa_service.query.transliteration import spellings
@@ -100,3 +110,46 @@ def test_the_word_cache_keeps_the_most_recently_used() -> None:
     cache.get(["sud"])
     cache.put(["škola"], vectors[:1])
     assert set(cache.get(["sud", "mreža", "škola"])) == {"sud", "škola"}
+
+
+class _Counting:
+    """The encoder, counting the texts it encodes."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.texts: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 32) -> Vectors:
+        self.texts.extend(texts)
+        return self.inner.encode_queries(texts, batch_size)  # type: ignore[attr-defined, no-any-return]
+
+
+def test_a_saved_lexicon_spares_the_next_load_its_encoding(
+    e5_service: QAService, tmp_path: Path
+) -> None:
+    path = cache_path(tmp_path, e5_service.encoder.name)
+    counting = _Counting(e5_service.encoder)
+    first = QAService(counting, e5_service.index, None, 5, lexicon_cache=path)  # type: ignore[arg-type]
+    assert first._pipeline.lexicon is not None and path.is_file()
+    assert len(counting.texts) == len(first._pipeline.lexicon.words)
+    counting.texts.clear()
+    again = QAService(counting, e5_service.index, None, 5, lexicon_cache=path)  # type: ignore[arg-type]
+    assert counting.texts == []  # nothing encoded: every word came from the file
+    assert again._pipeline.lexicon is not None
+    assert again._pipeline.lexicon.words == first._pipeline.lexicon.words
+    assert np.array_equal(again._pipeline.lexicon.vectors, first._pipeline.lexicon.vectors)
+
+
+def test_a_cached_lexicon_of_another_model_or_damaged_is_not_used(tmp_path: Path) -> None:
+    lexicon = Lexicon(["convention", "children"], np.eye(2, dtype=np.float32))
+    path = cache_path(tmp_path, "model-a")
+    save_cached(path, "model-a", lexicon)
+    cached = read_cached(path, "model-a")
+    assert cached is not None and cached.words == lexicon.words
+    assert read_cached(path, "model-b") is None
+    path.write_bytes(b"not a numpy file")
+    assert read_cached(path, "model-a") is None
+    assert read_cached(tmp_path / "missing.npz", "model-a") is None
