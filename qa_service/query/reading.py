@@ -1,10 +1,11 @@
 """Ranked candidates to read ones: the reader (embeddings/reader.py) reads the question with each
 of the first few passages, which are then ordered by how likely each is to answer it.
 
-Reading is what lets the service tell a passage that answers from one that is only on the
-question's topic: whether to answer is then decided on the reader's probability as well as on
-retrieval's score, and the answer is the span the reader found. Passages below the `depth` read
-keep their retrieval order, after the read ones.
+Reading is meant to tell a passage that answers from one that is only on the question's topic:
+whether to answer is decided on the reader's probability as well as on retrieval's score, and
+the answer is the span the reader found. The model shipped so far does the second better than
+the first, which is why it is off by default (docs/evaluation.md, "The reader"). Passages
+below the `depth` read keep their retrieval order, after the read ones.
 
 Questions that BM25 barely reads (in another language than the documents, for which the English
 reader was not trained; measured in docs/evaluation.md) are not read: they are answered as
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 from embeddings.reader import Reader, Reading
 from qa_service.query.retrieval import LEXICAL_SUPPORT_COVERAGE, Hit
 
-# Passages read per question, measured on the SQuAD slice, the seed sets and the latency
-# benchmark (docs/evaluation.md).
+# Passages read per question: the three the answer sentence has always been chosen among
+# (answering.ANSWER_PASSAGES); what each costs is in docs/benchmarks.md, "The reader".
 READ_PASSAGES = 3
 
 
