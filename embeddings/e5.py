@@ -21,7 +21,7 @@ import threading
 from array import array
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -244,25 +244,13 @@ class E5Encoder:
                 f"could not load {E5_MODEL} from {path}: {exc}. Reinstall it with {_INSTALL}."
             ) from exc
         self._tokenizer = _Unigram.from_model_file(path)
-        self._name = name
+        self.name: Final = name
         self._lock = threading.Lock()
-        self._dimension = int(self._model.dim)
+        self.dimension: Final = int(self._model.dim)
         # The engine feeds at most 512 positions: <s>, the prefix, the text, </s>. Longer inputs
         # are averaged over windows rather than cut, which passages must not rely on.
         prefix = max(len(self._tokenizer.spans(p)) for p in (_QUERY_PREFIX, _PASSAGE_PREFIX))
-        self._max_tokens = self._tokenizer.positions - 2 - prefix
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def dimension(self) -> int:
-        return self._dimension
-
-    @property
-    def max_tokens(self) -> int:
-        return self._max_tokens
+        self.max_tokens: Final = self._tokenizer.positions - 2 - prefix
 
     def token_spans(self, texts: Sequence[str]) -> list[list[Span]]:
         # Pure Python with no shared mutable state but a thread-safe cache: no lock needed.
@@ -297,13 +285,13 @@ class E5Encoder:
         encode: Callable[[list[str]], Any],
         on_batch: Callable[[int], None] | None = None,
     ) -> Vectors:
-        out = np.empty((len(texts), self._dimension), dtype=np.float32)
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             batch = [_engine_text(t) for t in texts[start : start + batch_size]]
             with self._lock:
                 vectors = encode(batch)
             out[start : start + len(batch)] = np.asarray(vectors, dtype=np.float32).reshape(
-                len(batch), self._dimension
+                len(batch), self.dimension
             )
             if on_batch is not None:
                 on_batch(len(batch))

