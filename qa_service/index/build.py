@@ -37,8 +37,6 @@ from qa_service.models import profile_for
 
 logger = logging.getLogger(__name__)
 
-logger = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class IndexSpec:

@@ -28,14 +28,10 @@ from qa_service.index.store import (
 
 logger = logging.getLogger(__name__)
 
-logger = logging.getLogger(__name__)
-
 Progress = Callable[[int], None]
 ProgressFactory = Callable[[str, int], Progress]
 
 SENTENCE_VECTORS = "in passage context"
-
-# Models whose passages are also encoded after the passage before them in their document, with
 
 
 def _text_key(text: str) -> bytes:

@@ -140,14 +140,31 @@ def test_the_encoder_interface_is_the_engines(onnx_e5: E5OnnxEncoder, engine: En
     assert sum(seen) == len(texts)
 
 
-def test_spans_in_context_are_encoded_alone_as_the_engine_does(onnx_e5: E5OnnxEncoder) -> None:
+def test_spans_are_read_in_their_text_late_chunking(onnx_e5: E5OnnxEncoder) -> None:
+    """Unlike the engine (each span encoded again on its own), a span's vector is read off its
+    text's own pass: its pieces' outputs, in every window of a text longer than one."""
     text = passages(1)[0]
     spans = [(0, 30), (31, 80), (81, len(text))]
-    vectors, in_context = onnx_e5.encode_in_context([text, text], [spans, spans[:1]])
-    np.testing.assert_allclose(vectors[0], onnx_e5.encode_passages([text])[0], atol=1e-5)
+    other = passages(2, words=200)[1]
+    vectors, in_context = onnx_e5.encode_in_context([text, other, text], [spans, [], spans[:1]])
+    np.testing.assert_allclose(vectors, onnx_e5.encode_passages([text, other, text]), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(in_context[0], axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(in_context[2], in_context[0][:1], atol=1e-5)  # batch-independent
+    assert in_context[1].shape == (0, 384)
     alone = onnx_e5.encode_passages([text[a:b] for a, b in spans])
-    np.testing.assert_allclose(in_context[0], alone, atol=1e-5)
-    assert in_context[1].shape == (1, 384)
+    cosines = np.sum(in_context[0] * alone, axis=1)
+    assert np.all(cosines > 0.8) and np.all(cosines < 0.9999)
+    # Read in its text, a span is nearer the text than on its own.
+    assert np.all(in_context[0] @ vectors[0] > alone @ vectors[0])
+
+    long = " ".join(passages(12))  # 840 words: two windows
+    assert len(onnx_e5.token_ids(long, False)) > onnx_e5.max_tokens
+    late = [(0, 100), (len(long) - 300, len(long) - 100), (0, len(long))]
+    whole, (read,) = onnx_e5.encode_in_context([long], [late])
+    assert np.all(np.sum(read * onnx_e5.encode_passages([long[a:b] for a, b in late]), 1) > 0.8)
+    # The whole text as one span: all its pieces over both windows (the text's own vector also
+    # counts `<s>`, `</s>` and the prefix).
+    assert float(read[2] @ whole[0]) > 0.999
     empty, none = onnx_e5.encode_in_context([], [])
     assert empty.shape == (0, 384) and none == []
 
