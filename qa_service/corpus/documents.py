@@ -363,11 +363,12 @@ def document_id(corpus_dir: Path, path: Path) -> str:
     return path.relative_to(corpus_dir).with_suffix("").as_posix()
 
 
-def load_corpus(corpus_dir: Path) -> CorpusLoad:
+def listed_documents(corpus_dir: Path) -> tuple[list[tuple[str, Path]], list[SkippedFile]]:
+    """The corpus's files to index, in order, each with its document id; and those skipped
+    because an earlier file took their id (`report.txt` and `report.pdf`)."""
     if not corpus_dir.is_dir():
         raise FileNotFoundError(f"corpus folder {corpus_dir} does not exist")
-    metadata = read_metadata(corpus_dir)
-    documents: list[Document] = []
+    files: list[tuple[str, Path]] = []
     skipped: list[SkippedFile] = []
     seen: dict[str, Path] = {}
     for path in _corpus_files(corpus_dir):
@@ -377,18 +378,33 @@ def load_corpus(corpus_dir: Path) -> CorpusLoad:
             skipped.append(SkippedFile(path, reason))
             logger.warning("skipping %s: %s", path, reason)
             continue
+        seen[doc_id] = path
+        files.append((doc_id, path))
+    return files, skipped
+
+
+def load_file(
+    corpus_dir: Path, path: Path, doc_id: str, metadata: dict[str, Any] | None
+) -> Document:
+    """One corpus file as its document; DocumentLoadError or OSError when it cannot be read."""
+    return load_document(
+        path.read_bytes(),
+        path.suffix,
+        doc_id,
+        source=path.relative_to(corpus_dir).as_posix(),
+        metadata=metadata,
+    )
+
+
+def load_corpus(corpus_dir: Path) -> CorpusLoad:
+    files, skipped = listed_documents(corpus_dir)
+    metadata = read_metadata(corpus_dir)
+    documents: list[Document] = []
+    for doc_id, path in files:
         try:
-            document = load_document(
-                path.read_bytes(),
-                path.suffix,
-                doc_id,
-                source=path.relative_to(corpus_dir).as_posix(),
-                metadata=metadata.get(doc_id),
-            )
+            documents.append(load_file(corpus_dir, path, doc_id, metadata.get(doc_id)))
         except (DocumentLoadError, OSError) as exc:
             skipped.append(SkippedFile(path, str(exc)))
             logger.warning("skipping %s: %s", path, exc)
-            continue
-        seen[doc_id] = path
-        documents.append(document)
+    skipped.sort(key=lambda s: str(s.path))
     return CorpusLoad(documents, skipped)

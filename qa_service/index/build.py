@@ -22,6 +22,7 @@ from qa_service.corpus.fingerprint import (
 from qa_service.index.encode import (
     SENTENCE_VECTORS,
     EmbeddingCache,
+    EncodedPassages,
     ProgressFactory,
     encode_documents,
     previous_index_cache,
@@ -101,15 +102,34 @@ def index_documents(
     answer sentence; only the whole-document benchmark protocol (plain dense, as MTEB) skips them.
     """
     chunked: list[ChunkedDocument] = [splitter.split(d) for d in documents]
-    passages = [p for c in chunked for p in c.passages]
     settings = passage_settings(splitter, encoder.name)
     encoded = encode_documents(
         chunked, splitter, encoder, cache or EmbeddingCache(encoder.name), sentence_vectors,
         "preceding_context" in settings, batch_size, progress,
     )  # fmt: skip
+    return assemble_index(
+        chunked, encoded, encoder.name, encoder.dimension, settings, fingerprint, files,
+        index_config,
+    )  # fmt: skip
+
+
+def assemble_index(
+    chunked: Sequence[ChunkedDocument],
+    encoded: EncodedPassages,
+    model: str,
+    dimension: int,
+    settings: dict[str, Any],
+    fingerprint: str,
+    files: Mapping[str, str] | None = None,
+    index_config: IndexConfig | None = None,
+) -> IndexData:
+    """The index of documents already split and encoded (in the same order), with `model`'s
+    vectors and its `passage_settings`: a build encodes and assembles in one process, a
+    distributed build encodes on many and assembles each shard on one."""
+    passages = [p for c in chunked for p in c.passages]
     manifest = new_manifest(
-        model=encoder.name,
-        dimension=encoder.dimension,
+        model=model,
+        dimension=dimension,
         corpus_fingerprint=fingerprint,
         passage_settings=settings,
         documents=len(chunked),

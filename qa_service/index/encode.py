@@ -263,6 +263,45 @@ class EncodedPassages:
     unit_vectors: np.ndarray | None  # each sentence's, read in its passages
     context_vectors: np.ndarray | None  # each passage's, read after the one before it
 
+    def split(self, chunked: Sequence[ChunkedDocument]) -> list[EncodedPassages]:
+        """Per document of `chunked` (what was encoded, in order): the parts `concatenate`
+        joins again."""
+        parts = []
+        passage = unit = 0
+        for c in chunked:
+            rows = slice(passage, passage + len(c.passages))
+            units = slice(unit, unit + len(c.units))
+            parts.append(EncodedPassages(
+                self.texts[rows],
+                self.vectors[rows],
+                None if self.unit_vectors is None else self.unit_vectors[units],
+                None if self.context_vectors is None else self.context_vectors[rows],
+            ))  # fmt: skip
+            passage, unit = rows.stop, units.stop
+        return parts
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[EncodedPassages]) -> EncodedPassages:
+        """Parts encoded separately (whole documents each), in order: what encoding their
+        documents together gives, since no vector depends on another document."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+
+        def stacked(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+            present = [a for a in arrays if a is not None]
+            if len(present) not in (0, len(arrays)):
+                raise ValueError("parts encoded with different settings")
+            return np.concatenate(present) if present else None
+
+        vectors = stacked([p.vectors for p in parts])
+        assert vectors is not None
+        return cls(
+            [t for p in parts for t in p.texts],
+            vectors,
+            stacked([p.unit_vectors for p in parts]),
+            stacked([p.context_vectors for p in parts]),
+        )
+
 
 def encode_documents(
     chunked: Sequence[ChunkedDocument],
