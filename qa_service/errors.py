@@ -31,6 +31,11 @@ class IndexStaleError(QAError):
     """The index was built from another corpus, model or passage settings."""
 
 
+class ClusterError(QAError):
+    """The distributed setup cannot work as configured: Ray is not installed, its cluster does
+    not answer, or a sharded index misses a shard. The message says how to fix it."""
+
+
 class IndexReplacedError(QAError):
     """Another process made current an index this server cannot serve (another model or other
     settings): it goes on answering from the one it has, and refuses writes until restarted."""

@@ -9,7 +9,8 @@ if ! command -v chromium >/dev/null; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
 fi
-python -m pip install --quiet --upgrade-strategy only-if-needed -e '.[test]'
+# The [ray] extra too: the distributed tests start a real local Ray cluster.
+python -m pip install --quiet --upgrade-strategy only-if-needed -e '.[test,ray]'
 # Lint, format and type checks first: they take seconds, the tests minutes.
 python -m ruff check .
 python -m ruff format --check .

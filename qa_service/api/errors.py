@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 
 from qa_service.api.middleware import log_path
 from qa_service.errors import (
+    ClusterError,
     DocumentExistsError,
     DocumentNotFoundError,
     IndexBusyError,
@@ -60,6 +61,7 @@ STATUS_FOR: dict[type[QAError], int] = {
     IndexCorruptError: 503,
     IndexStaleError: 503,
     IndexBusyError: 503,
+    ClusterError: 503,
     AuthenticationError: 401,
     WritesDisabledError: 403,
     ReadOnlyError: 403,

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -29,6 +30,8 @@ from qa_service.cli.common import (
 )
 from qa_service.cli.documents import add, remove
 from qa_service.cli.eval import evaluate
+from qa_service.config import Settings
+from qa_service.corpus.documents import SkippedFile
 from qa_service.index.build import build_index
 from qa_service.service import index_spec, load_configured_encoder
 
@@ -44,9 +47,46 @@ app = typer.Typer(
 
 
 @app.command()
-def index(corpus_dir: CorpusOpt = None, index_dir: IndexOpt = None, model: ModelOpt = None) -> None:
+def index(
+    corpus_dir: CorpusOpt = None,
+    index_dir: IndexOpt = None,
+    model: ModelOpt = None,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Index into shards on a Ray cluster (the [ray] extra).")
+    ] = False,
+    address: Annotated[
+        str | None,
+        typer.Option(help="With --ray: host:port of the cluster's head (default: a local one)."),
+    ] = None,
+    shards: Annotated[
+        int, typer.Option(min=1, help="With --ray: how many shards to split the index into.")
+    ] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --ray: encoding actors (default: one per node)."),
+    ] = None,
+) -> None:
     """Build (or rebuild) the index from a corpus folder."""
     settings = settings_from_flags(corpus_dir=corpus_dir, index_dir=index_dir, model=model)
+    if not ray:
+        if address is not None or shards != 1 or workers is not None:
+            fail("--address, --shards and --workers go with --ray")
+        _index_here(settings)
+        return
+    from qa_service.distributed.indexing import build_shards
+
+    with user_errors():
+        report = build_shards(settings, shards, address, workers)
+    out.print(
+        f"Indexed [bold]{sum(report.documents)}[/] documents as [bold]{sum(report.passages)}[/] "
+        f"passages into [bold]{report.layout.count}[/] shards in {report.seconds:.1f}s "
+        f"({', '.join(map(str, report.passages))} passages) under "
+        f"{escape(str(report.index_dir / report.layout.folder))}."
+    )
+    _print_skipped(settings.corpus_dir, report.skipped)
+
+
+def _index_here(settings: Settings) -> None:
     bars = ProgressBars()
     with user_errors():
         _, report = build_index(index_spec(settings, load_configured_encoder(settings)), bars)
@@ -55,11 +95,15 @@ def index(corpus_dir: CorpusOpt = None, index_dir: IndexOpt = None, model: Model
         f"Indexed [bold]{report.documents}[/] documents as [bold]{report.passages}[/] passages "
         f"in {report.seconds:.1f}s into {escape(str(report.index_dir))}."
     )
-    if report.skipped:
-        out.print(f"[yellow]Skipped {len(report.skipped)} file(s) in {settings.corpus_dir}:[/]")
-        for skipped in report.skipped:
-            name = skipped.path.relative_to(settings.corpus_dir)
-            out.print(f"  {escape(str(name))}: {escape(skipped.reason)}", soft_wrap=True)
+    _print_skipped(settings.corpus_dir, report.skipped)
+
+
+def _print_skipped(corpus_dir: Path, skipped: list[SkippedFile]) -> None:
+    if skipped:
+        out.print(f"[yellow]Skipped {len(skipped)} file(s) in {corpus_dir}:[/]")
+        for file in skipped:
+            name = file.path.relative_to(corpus_dir)
+            out.print(f"  {escape(str(name))}: {escape(file.reason)}", soft_wrap=True)
 
 
 def _limit_malloc_arenas(arenas: int = 2) -> None:
