@@ -37,7 +37,7 @@ answerable, nor a weak match an answerable one look off-topic.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -224,7 +224,7 @@ class Retriever:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         allowed = self.allowed_ids(filters)
         pool = k * DIVERSITY_POOL if diversity > 0 else k
-        depth = min(max(pool * CANDIDATE_FACTOR, MIN_CANDIDATES), len(self._index.passages))
+        depth = search_depth(pool, len(self._index.passages))
         if depth == 0 or (allowed is not None and len(allowed) == 0):
             return [[] for _ in queries]
 
@@ -248,8 +248,8 @@ class Retriever:
                     mask = np.zeros(len(lexical), dtype=bool)
                     mask[allowed] = True
                     lexical = np.where(mask, lexical, -1.0)
-                top = np.argpartition(-lexical, depth - 1)[:depth]
-                candidates.update(dict.fromkeys(int(i) for i in top if lexical[i] > 0))
+                top = best_positions(lexical, depth, self._index.passages)
+                candidates.update(dict.fromkeys(top))
             coverage = query.coverage if mode == "hybrid" else 1.0
             weight = translation.coverage if translation else coverage
             dense_support = coverage < LEXICAL_SUPPORT_COVERAGE
@@ -272,41 +272,39 @@ class Retriever:
         if not ids:
             return []
         id_array = np.asarray(ids, dtype=np.int64)
-        dense = lex = None
-        if mode != "lexical":
-            dense = (self._index.vectors.vectors(id_array) @ vectors.T).max(axis=1)
-            if self._index.context_vectors is not None and self.context_weight:
-                in_context = (self._index.context_vectors[id_array] @ vectors.T).max(axis=1)
-                dense = (1 - self.context_weight) * dense + self.context_weight * in_context
-            if self._index.unit_vectors is not None and self.profile.sentence_evidence:
-                dense = np.maximum(dense, self._best_sentence_scores(ids, vectors))
-            dense = dense.astype(np.float64)
-        if lexical is not None:
-            lex = lexical[id_array].astype(np.float64)
-        if dense is None:
-            assert lex is not None
-            scores = support = lex
-        elif lex is None:
-            scores = support = dense
-        else:
-            lexical_weight = (1 - self.dense_weight) * coverage
-            rescaled = (dense - self.profile.floor) / (1 - self.profile.floor)
-            scores = (1 - lexical_weight) * rescaled + lexical_weight * lex
-            # Judged as dense mode would judge it: on its best dense score among the candidates.
-            support = np.full_like(scores, rescaled.max()) if dense_support else scores
-        # Best first, ties in candidate order; hits are made only as far as merging needs.
+        dense = self.dense_scores(id_array, vectors) if mode != "lexical" else None
+        lex = lexical[id_array].astype(np.float64) if lexical is not None else None
+        lexical_weight = (1 - self.dense_weight) * coverage
+        scores, support = fused_scores(
+            dense, lex, self.profile.floor, lexical_weight, dense_support
+        )
+        passages = [self._index.passages[i] for i in ids]
+        # Best first; hits are made only as far as merging needs.
         hits = (
             Hit(
-                self._index.passages[ids[j]],
+                passages[j],
                 float(scores[j]),
                 float(support[j]),
                 None if dense is None else float(dense[j]),
                 None if lex is None else float(lex[j]),
                 ids[j],
             )
-            for j in np.argsort(-scores, kind="stable")
+            for j in best_first(scores, passages)
         )
-        return self._merge_overlaps(hits, k)
+        return merge_overlaps(hits, k, self._index.documents, self._index.units)
+
+    def dense_scores(self, ids: npt.NDArray[np.int64], vectors: Vectors) -> npt.NDArray[np.float64]:
+        """Each passage's dense score: its best cosine with the query's vectors, mixed with its
+        reading after the passage before it and raised to its best sentence's, as its model's
+        profile says."""
+        dense = (self._index.vectors.vectors(ids) @ vectors.T).max(axis=1)
+        if self._index.context_vectors is not None and self.context_weight:
+            in_context = (self._index.context_vectors[ids] @ vectors.T).max(axis=1)
+            dense = (1 - self.context_weight) * dense + self.context_weight * in_context
+        if self._index.unit_vectors is not None and self.profile.sentence_evidence:
+            dense = np.maximum(dense, self._best_sentence_scores(ids.tolist(), vectors))
+        scores: npt.NDArray[np.float64] = dense.astype(np.float64)
+        return scores
 
     def _best_sentence_scores(self, ids: list[int], vectors: Vectors) -> npt.NDArray[np.float32]:
         """Each passage's best sentence cosine, from one product over all their sentences."""
@@ -337,34 +335,91 @@ class Retriever:
             closest = np.maximum(closest, similarity[best])
         return [hits[n] for n in picked]
 
-    def _merge_overlaps(self, hits: Iterable[Hit], k: int) -> list[Hit]:
-        """Best-first hits with overlapping windows merged, so no text is returned twice.
 
-        A merged passage spans at most MAX_MERGED_WINDOWS windows; a window that would make it
-        longer keeps only its sentences not already returned."""
-        kept: list[Hit] = []
-        merged_away: set[int] = set()
-        by_document: dict[str, list[int]] = {}  # slots in `kept`, compared for overlaps
-        for hit in hits:
-            slots = by_document.setdefault(hit.passage.document_id, [])
-            overlapping = [n for n in slots if _overlaps(hit.passage, kept[n].passage)]
-            if overlapping:
-                document = self._index.documents[hit.passage.document_id]
-                others = [kept[n].passage for n in overlapping]
-                merged = merge_passages([hit.passage, *others], document)
-                if merged.windows <= MAX_MERGED_WINDOWS:
-                    kept[overlapping[0]] = replace(kept[overlapping[0]], passage=merged)
-                    for n in overlapping[1:]:
-                        merged_away.add(n)
-                        slots.remove(n)
-                    continue
-                units = self._index.units[document.id]
-                trimmed = trim_passage(hit.passage, others, document, units)
-                if trimmed is None:
-                    continue
-                hit = replace(hit, passage=trimmed)
-            if len(kept) - len(merged_away) == k:
-                break
-            slots.append(len(kept))
-            kept.append(hit)
-        return [hit for n, hit in enumerate(kept) if n not in merged_away]
+def tie_order(passage: Passage) -> tuple[str, int]:
+    """What orders passages of equal score: their document and place in it, not where an index
+    happens to hold them, so that shards break ties as one index does."""
+    return passage.document_id, passage.ordinal
+
+
+def best_first(scores: npt.NDArray[np.float64], passages: Sequence[Passage]) -> list[int]:
+    """Positions of `scores` best first, ties in `tie_order`."""
+    return sorted(range(len(scores)), key=lambda j: (-scores[j], tie_order(passages[j])))
+
+
+def best_positions(
+    scores: npt.NDArray[np.float32], depth: int, passages: Sequence[Passage]
+) -> list[int]:
+    """The positions of the `depth` best scores above 0, best first, ties in `tie_order` (of
+    `passages`, the passages at those positions). Equal scores are common in BM25 (short passages
+    matching one word), and which of them make the cut must not depend on the index's layout."""
+    if depth < len(scores):
+        cut = np.partition(scores, len(scores) - depth)[len(scores) - depth]
+        found = np.flatnonzero((scores >= cut) & (scores > 0))
+    else:
+        found = np.flatnonzero(scores > 0)
+    ranked = sorted(found.tolist(), key=lambda i: (-scores[i], tie_order(passages[i])))
+    return ranked[:depth]
+
+
+def search_depth(pool: int, passages: int) -> int:
+    """Candidates each retriever contributes for `pool` results out of `passages`."""
+    return min(max(pool * CANDIDATE_FACTOR, MIN_CANDIDATES), passages)
+
+
+def fused_scores(
+    dense: npt.NDArray[np.float64] | None,
+    lexical: npt.NDArray[np.float64] | None,
+    floor: float,
+    lexical_weight: float,
+    dense_support: bool,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The candidates' scores in their mode (whichever of the two is given, or both fused) and
+    what abstention judges of each (module docstring)."""
+    if dense is None:
+        assert lexical is not None
+        return lexical, lexical
+    if lexical is None:
+        return dense, dense
+    rescaled = (dense - floor) / (1 - floor)
+    scores = (1 - lexical_weight) * rescaled + lexical_weight * lexical
+    # Judged as dense mode would judge it: on its best dense score among the candidates.
+    support = np.full_like(scores, rescaled.max()) if dense_support else scores
+    return scores, support
+
+
+def merge_overlaps(
+    hits: Iterable[Hit],
+    k: int,
+    documents: Mapping[str, Document],
+    units: Mapping[str, Sequence[Span]],
+) -> list[Hit]:
+    """Best-first hits with overlapping windows merged, so no text is returned twice.
+
+    A merged passage spans at most MAX_MERGED_WINDOWS windows; a window that would make it
+    longer keeps only its sentences not already returned."""
+    kept: list[Hit] = []
+    merged_away: set[int] = set()
+    by_document: dict[str, list[int]] = {}  # slots in `kept`, compared for overlaps
+    for hit in hits:
+        slots = by_document.setdefault(hit.passage.document_id, [])
+        overlapping = [n for n in slots if _overlaps(hit.passage, kept[n].passage)]
+        if overlapping:
+            document = documents[hit.passage.document_id]
+            others = [kept[n].passage for n in overlapping]
+            merged = merge_passages([hit.passage, *others], document)
+            if merged.windows <= MAX_MERGED_WINDOWS:
+                kept[overlapping[0]] = replace(kept[overlapping[0]], passage=merged)
+                for n in overlapping[1:]:
+                    merged_away.add(n)
+                    slots.remove(n)
+                continue
+            trimmed = trim_passage(hit.passage, others, document, units[document.id])
+            if trimmed is None:
+                continue
+            hit = replace(hit, passage=trimmed)
+        if len(kept) - len(merged_away) == k:
+            break
+        slots.append(len(kept))
+        kept.append(hit)
+    return [hit for n, hit in enumerate(kept) if n not in merged_away]

@@ -1,0 +1,113 @@
+"""Retrieval over shards ranks as one index over all their passages: the same passages, scores
+and order, in every mode, with filters, on the default corpus and the real model."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from embeddings import Encoder, VectorIndex
+from qa_service.index.lexical import Analyzer, LexicalIndex
+from qa_service.index.shard_lexical import TermCounts
+from qa_service.index.store import IndexData
+from qa_service.models import Mode
+from qa_service.query.retrieval import Filters, Hit, Retriever, SearchQuery
+from qa_service.query.sharded import ShardedRetriever
+from qa_service.service import QAService
+
+OFF_TOPIC = [
+    "What is the boiling point of water at sea level?",
+    "Sa banorë ka Sarajeva?",  # another language: BM25 reads little of it
+    "GRETA UNODC Eurojust Skopje Budva",  # keywords only
+]
+
+
+def split(data: IndexData, groups: list[list[str]]) -> tuple[list[IndexData], list[TermCounts]]:
+    """The index's documents in shards, with the very vectors the index holds, so that only the
+    merging is under test (tests/qa_service/distributed: a cluster's shards hold these vectors)."""
+    analyzer = Analyzer()
+    shards, terms = [], []
+    for group in groups:
+        rows = [i for d in group for i in data.passage_ids[d]]
+        texts = [data.passages[i].text for i in rows]
+        assert data.unit_vectors is not None
+        unit_vectors = np.concatenate(
+            [data.unit_vectors[data.unit_offsets[d] : data.unit_offsets[d] + len(data.units[d])]
+             for d in group]
+        )  # fmt: skip
+        shards.append(IndexData(
+            documents={d: data.documents[d] for d in group},
+            units={d: data.units[d] for d in group},
+            acronyms={d: data.acronyms[d] for d in group},
+            passages=[data.passages[i] for i in rows],
+            vectors=VectorIndex.build(data.vectors.vectors(np.asarray(rows))),
+            lexical=LexicalIndex.build(texts),
+            unit_vectors=unit_vectors,
+            manifest=replace(data.manifest, documents=len(group), passages=len(rows)),
+            context_vectors=None if data.context_vectors is None else data.context_vectors[rows],
+        ))  # fmt: skip
+        terms.append(TermCounts.from_terms([analyzer.terms(t) for t in texts]))
+    return shards, terms
+
+
+@pytest.fixture(scope="module")
+def questions(dev_questions: list[dict[str, Any]]) -> list[str]:
+    return [q["question"] for q in dev_questions] + OFF_TOPIC
+
+
+def _queries(
+    retriever: Retriever | ShardedRetriever, questions: list[str], encoder: Encoder
+) -> list[SearchQuery]:
+    vectors = encoder.encode_queries(questions)
+    return [
+        SearchQuery(q, vectors[n : n + 1], retriever.lexical_coverage(q))
+        for n, q in enumerate(questions)
+    ]
+
+
+def _same(sharded: list[list[Hit]], single: list[list[Hit]]) -> None:
+    for mine, theirs in zip(sharded, single, strict=True):
+        assert [h.passage for h in mine] == [h.passage for h in theirs]
+        for a, b in zip(mine, theirs, strict=True):
+            assert a.score == pytest.approx(b.score, abs=1e-6)
+            assert a.support == pytest.approx(b.support, abs=1e-6)
+            assert (a.lexical_score is None) == (b.lexical_score is None)
+
+
+@pytest.mark.parametrize("layout", ["2 shards", "3 shards, one of a single document"])
+@pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
+def test_shards_rank_as_one_index(
+    service: QAService, encoder: Encoder, questions: list[str], layout: str, mode: Mode
+) -> None:
+    data = service.index
+    ids = sorted(data.documents)
+    groups = [ids[:3], ids[3:]] if layout == "2 shards" else [ids[0::2][:2], ids[1::2], ids[4:]]
+    assert sorted(d for g in groups for d in g) == ids
+    shards, terms = split(data, groups)
+    sharded, single = ShardedRetriever(shards, terms), Retriever(data)
+    search = _queries(single, questions, encoder)
+    assert [q.coverage for q in _queries(sharded, questions, encoder)] == [
+        q.coverage for q in search
+    ]
+    for k in (1, 5, 12):
+        _same(sharded.retrieve(search, k, mode), single.retrieve(search, k, mode))
+    some = Filters(document_ids=frozenset(ids[1:4]))
+    _same(sharded.retrieve(search, 5, mode, some), single.retrieve(search, 5, mode, some))
+    none = Filters(document_ids=frozenset({"no-such-document"}))
+    assert sharded.retrieve(search, 5, mode, none) == [[] for _ in search]
+
+
+def test_shards_that_do_not_belong_together_are_refused(service: QAService) -> None:
+    data = service.index
+    ids = sorted(data.documents)
+    shards, terms = split(data, [ids[:2], ids[2:]])
+    other = replace(shards[1], manifest=replace(shards[1].manifest, model="another-model"))
+    with pytest.raises(ValueError, match="shard 1 was built with another model"):
+        ShardedRetriever([shards[0], other], terms)
+    with pytest.raises(ValueError, match="term counts of"):
+        ShardedRetriever(shards, [terms[0], TermCounts.from_terms([["one"], ["passage"]])])
+    with pytest.raises(ValueError, match="diversity across shards"):
+        ShardedRetriever(shards, terms).retrieve([], 5, diversity=0.3)
