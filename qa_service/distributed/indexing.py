@@ -140,7 +140,7 @@ def write_shard(batch: Batch, job: ShardJob, metadata_sha: str | None) -> Batch:
     data = assemble_index(
         chunked, EncodedPassages.concatenate([part for _, part, _ in payloads]),
         job.encoder_name, job.dimension, job.passage_settings, fingerprint_of(files), files,
-        job.settings.index_config(),
+        job.settings.index_config(), shard=True,
     )  # fmt: skip
     folder = job.shard_folder(shard)
     with index_lock(folder):

@@ -27,7 +27,8 @@ from qa_service.index.encode import (
     encode_documents,
     previous_index_cache,
 )
-from qa_service.index.lexical import LexicalIndex
+from qa_service.index.lexical import Analyzer, LexicalIndex
+from qa_service.index.shard_lexical import TermCounts
 from qa_service.index.store import (
     IndexData,
     index_lock,
@@ -122,11 +123,15 @@ def assemble_index(
     fingerprint: str,
     files: Mapping[str, str] | None = None,
     index_config: IndexConfig | None = None,
+    shard: bool = False,
 ) -> IndexData:
     """The index of documents already split and encoded (in the same order), with `model`'s
     vectors and its `passage_settings`: a build encodes and assembles in one process, a
-    distributed build encodes on many and assembles each shard on one."""
+    distributed build encodes on many and assembles each `shard` on one (which also keeps its
+    raw term counts)."""
     passages = [p for c in chunked for p in c.passages]
+    analyzer = Analyzer()
+    terms = [analyzer.terms(text) for text in encoded.texts]
     manifest = new_manifest(
         model=model,
         dimension=dimension,
@@ -142,10 +147,11 @@ def assemble_index(
         acronyms={c.document.id: definitions(c.document.text) for c in chunked},
         passages=passages,
         vectors=VectorIndex.build(encoded.vectors, config=index_config),
-        lexical=LexicalIndex.build(encoded.texts),
+        lexical=LexicalIndex.from_terms(terms),
         unit_vectors=encoded.unit_vectors,
         manifest=manifest,
         context_vectors=encoded.context_vectors,
+        term_counts=TermCounts.from_terms(terms) if shard else None,
     )
 
 

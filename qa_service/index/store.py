@@ -38,6 +38,7 @@ from qa_service.corpus.chunking import Passage, Span
 from qa_service.corpus.documents import Document
 from qa_service.errors import IndexBusyError, IndexCorruptError, IndexNotFoundError
 from qa_service.index.lexical import LexicalIndex
+from qa_service.index.shard_lexical import TermCounts
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -47,6 +48,7 @@ _VECTORS = "passages.faiss"
 _UNIT_VECTORS = "units.npy"
 _CONTEXT_VECTORS = "contexts.npy"
 _LEXICAL = "bm25"
+_TERM_COUNTS = "terms"
 _CURRENT = "current"
 _GENERATIONS = "generations"
 _LOCK = ".lock"
@@ -93,6 +95,9 @@ class IndexData:
     # Each passage's vector read after the passage before it, for models that gain from it
     # (their profile in models.py); None otherwise.
     context_vectors: Vectors | None = None
+    # A shard's raw BM25 term counts, for scoring with the whole collection's statistics
+    # (shard_lexical.py); None in an index that is not a shard.
+    term_counts: TermCounts | None = None
     unit_offsets: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -195,6 +200,8 @@ def _save_index(index_dir: Path, data: IndexData) -> Path:
         np.save(staging / _CONTEXT_VECTORS, data.context_vectors)
     (staging / _LEXICAL).mkdir()
     data.lexical.save(staging / _LEXICAL)
+    if data.term_counts is not None:
+        data.term_counts.save(staging / _TERM_COUNTS)
 
     files = {
         path.relative_to(staging).as_posix(): file_sha256(path)
@@ -210,6 +217,8 @@ def _save_index(index_dir: Path, data: IndexData) -> Path:
             with path.open("rb") as f:
                 os.fsync(f.fileno())
     fsync_dir(staging / _LEXICAL)
+    if data.term_counts is not None:
+        fsync_dir(staging / _TERM_COUNTS)
     fsync_dir(staging)
 
     final = generations / name
@@ -338,11 +347,13 @@ def load_index(index_dir: Path, config: IndexConfig | None = None) -> IndexData:
         lexical = LexicalIndex.load(folder / _LEXICAL)
         unit_vectors = _mapped(folder / _UNIT_VECTORS)
         context_vectors = _mapped(folder / _CONTEXT_VECTORS)
+        terms = folder / _TERM_COUNTS
+        term_counts = TermCounts.load(terms) if terms.is_dir() else None
     except (OSError, ValueError, TypeError, KeyError, IndexFormatError) as exc:
         raise IndexCorruptError(f"cannot read the index in {folder}: {exc}") from exc
     return IndexData(
         documents, units, acronyms, passages, vectors, lexical, unit_vectors, manifest, folder.name,
-        context_vectors,
+        context_vectors, term_counts,
     )  # fmt: skip
 
 

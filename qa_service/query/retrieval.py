@@ -37,7 +37,7 @@ answerable, nor a weak match an answerable one look off-topic.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -177,14 +177,10 @@ class Retriever:
         self._analyzer = Analyzer()
 
     def lexical_coverage(self, question: str) -> float:
-        """Share of the question's distinct words BM25 can read: English stop words, and terms
-        (stemmed as BM25 indexes them) that occur in the index."""
-        stop = {w for w in WORD.findall(question.lower()) if w in STOPWORDS}
-        terms = dict.fromkeys(self._analyzer.terms(question))
-        if not stop and not terms:
-            return 0.0
-        known, _ = self._index.lexical.query_ids(question)
-        return (len(stop) + len(known)) / (len(stop) + len(terms))
+        """Share of the question's distinct words BM25 can read (module function)."""
+        return lexical_coverage(
+            question, self._analyzer, lambda q: len(self._index.lexical.query_ids(q)[0])
+        )
 
     def allowed_ids(self, filters: Filters | None) -> npt.NDArray[np.int64] | None:
         if filters is None:
@@ -216,12 +212,7 @@ class Retriever:
         one maximises (1 - d) × score - d × (its highest cosine with a passage already picked),
         so near-duplicates (the same text in two reports, or neighbouring passages saying the
         same) give way to other evidence. Scores are unchanged; only the order and choice are."""
-        if k < 1:
-            raise ValueError("k must be at least 1")
-        if not 0.0 <= diversity <= 1.0:
-            raise ValueError("diversity must lie in [0, 1]")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        check_request(k, mode, diversity)
         allowed = self.allowed_ids(filters)
         pool = k * DIVERSITY_POOL if diversity > 0 else k
         depth = search_depth(pool, len(self._index.passages))
@@ -334,6 +325,25 @@ class Retriever:
             picked.append(best)
             closest = np.maximum(closest, similarity[best])
         return [hits[n] for n in picked]
+
+
+def check_request(k: int, mode: Mode, diversity: float) -> None:
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    if not 0.0 <= diversity <= 1.0:
+        raise ValueError("diversity must lie in [0, 1]")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def lexical_coverage(question: str, analyzer: Analyzer, known: Callable[[str], int]) -> float:
+    """Share of the question's distinct words BM25 can read: English stop words, and the
+    `known` number of its terms (stemmed as BM25 indexes them) that occur in the index."""
+    stop = {w for w in WORD.findall(question.lower()) if w in STOPWORDS}
+    terms = dict.fromkeys(analyzer.terms(question))
+    if not stop and not terms:
+        return 0.0
+    return (len(stop) + known(question)) / (len(stop) + len(terms))
 
 
 def tie_order(passage: Passage) -> tuple[str, int]:

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from qa_service.corpus.words import STOPWORDS, WORD
 from qa_service.index.lexical import Analyzer
 from qa_service.index.shard_lexical import ShardedLexical, TermCounts
 from qa_service.index.store import IndexData
-from qa_service.models import MODES, Mode, profile_for
+from qa_service.models import Mode, profile_for
 from qa_service.query.retrieval import (
     DENSE_WEIGHT,
     LEXICAL_SUPPORT_COVERAGE,
@@ -40,7 +39,9 @@ from qa_service.query.retrieval import (
     SearchQuery,
     best_first,
     best_positions,
+    check_request,
     fused_scores,
+    lexical_coverage,
     merge_overlaps,
     search_depth,
     tie_order,
@@ -90,12 +91,7 @@ class ShardedRetriever:
 
     def lexical_coverage(self, question: str) -> float:
         """`Retriever.lexical_coverage`, a term counting as indexed if any shard holds it."""
-        stop = {w for w in WORD.findall(question.lower()) if w in STOPWORDS}
-        terms = dict.fromkeys(self._analyzer.terms(question))
-        if not stop and not terms:
-            return 0.0
-        known = self.lexical.plan(question).terms
-        return (len(stop) + len(known)) / (len(stop) + len(terms))
+        return lexical_coverage(question, self._analyzer, lambda q: len(self.lexical.plan(q).terms))
 
     def retrieve(
         self,
@@ -106,10 +102,7 @@ class ShardedRetriever:
         diversity: float = 0.0,
     ) -> list[list[Hit]]:
         """`Retriever.retrieve` over all the shards' passages."""
-        if k < 1:
-            raise ValueError("k must be at least 1")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        check_request(k, mode, diversity)
         if diversity:
             raise ValueError("diversity across shards is not supported yet")
         allowed = [s.retriever.allowed_ids(filters) for s in self._shards]

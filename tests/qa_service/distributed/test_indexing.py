@@ -14,16 +14,13 @@ from typer.testing import CliRunner
 from embeddings import MINILM_MODEL, Encoder
 from qa_service.cli import app
 from qa_service.config import Settings
-from qa_service.corpus.chunking import Splitter
 from qa_service.corpus.documents import load_corpus
 from qa_service.distributed.cluster import connect
 from qa_service.errors import ClusterError
 from qa_service.index.build import index_documents
-from qa_service.index.lexical import Analyzer
-from qa_service.index.shard_lexical import ShardedLexical, TermCounts
+from qa_service.index.shard_lexical import ShardedLexical
 from qa_service.index.shards import ShardLayout, shard_of
 from qa_service.index.store import IndexData, load_index
-from qa_service.index.update import indexed_texts
 from qa_service.service import make_splitter
 
 pytestmark = pytest.mark.slow
@@ -72,8 +69,10 @@ def test_the_corpus_is_indexed_into_shards_by_the_cluster(
         for doc_id in shard.documents:
             _assert_same_document(shard, single, doc_id)
 
-    # BM25 over the shards' passages, with global statistics, is the single index's.
-    lexical = ShardedLexical([_term_counts(shard, splitter) for shard in shards])
+    # BM25 over the term counts each shard keeps, with global statistics, is the single index's.
+    counts = [shard.term_counts for shard in shards]
+    assert all(c is not None for c in counts)
+    lexical = ShardedLexical(counts)  # type: ignore[arg-type]
     order = [single.passages.index(p) for shard in shards for p in shard.passages]
     for question in QUESTIONS:
         np.testing.assert_array_equal(
@@ -96,11 +95,6 @@ def _assert_same_document(shard: IndexData, single: IndexData, doc_id: str) -> N
     np.testing.assert_allclose(
         shard.unit_vectors[a : a + count], single.unit_vectors[b : b + count], atol=1e-5
     )
-
-
-def _term_counts(shard: IndexData, splitter: Splitter) -> TermCounts:
-    analyzer = Analyzer()
-    return TermCounts.from_terms([analyzer.terms(t) for t in indexed_texts(shard, splitter)])
 
 
 def test_a_build_that_cannot_fill_every_shard_keeps_the_served_shards(

@@ -7,15 +7,18 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from embeddings import Encoder
 from qa_service.corpus.chunking import PassageSplitter
 from qa_service.corpus.documents import Document
 from qa_service.errors import ClusterError, IndexNotFoundError
-from qa_service.index.build import index_documents, passage_settings
+from qa_service.index.build import assemble_index, index_documents, passage_settings
+from qa_service.index.encode import EmbeddingCache, encode_documents
+from qa_service.index.shard_lexical import ShardedLexical
 from qa_service.index.shards import SHARDS_FILE, ShardLayout, shard_of
-from qa_service.index.store import save_index
+from qa_service.index.store import load_index, save_index
 
 
 def test_a_document_always_goes_to_the_same_shard_and_shards_fill_evenly() -> None:
@@ -53,6 +56,30 @@ def test_the_layout_is_saved_read_and_checked(tmp_path: Path, encoder: Encoder) 
     assert ShardLayout.read(tmp_path) == layout
     assert [m.documents for m in layout.manifests(tmp_path)] == [1, 1]
     assert layout.folders(tmp_path)[1] == tmp_path / "shards" / "build-1" / "001"
+
+
+def test_a_shard_keeps_its_term_counts_in_its_generation(tmp_path: Path, encoder: Encoder) -> None:
+    """Saved with the index, checksummed like every file of it, and loaded back."""
+    splitter = PassageSplitter(encoder, 48, 0)
+    documents = [Document("a", "Child begging in Serbia. Forced criminality."),
+                 Document("b", "Tirana")]  # fmt: skip
+    chunked = [splitter.split(d) for d in documents]
+    encoded = encode_documents(chunked, splitter, encoder, EmbeddingCache(encoder.name))
+    settings = passage_settings(splitter, encoder.name)
+    data = assemble_index(chunked, encoded, encoder.name, encoder.dimension, settings, "f",
+                          shard=True)  # fmt: skip
+    assert data.term_counts is not None and data.term_counts.size == len(data.passages)
+    save_index(tmp_path, data)
+    loaded = load_index(tmp_path)
+    assert loaded.term_counts is not None
+    question = "child begging in Tirana"
+    stats = loaded.term_counts.stats()
+    assert stats == data.term_counts.stats()
+    plain = index_documents(documents, encoder, splitter, "f")
+    assert plain.term_counts is None  # a single index needs none
+    np.testing.assert_array_equal(
+        ShardedLexical([loaded.term_counts]).scores(question), plain.lexical.scores(question)
+    )
 
 
 def test_a_missing_or_foreign_shard_fails_with_the_fix(tmp_path: Path, encoder: Encoder) -> None:
