@@ -49,7 +49,7 @@ from qa_service.index.shards import shard_of  # noqa: E402
 from qa_service.index.store import IndexData  # noqa: E402
 from qa_service.models import MODES  # noqa: E402
 from qa_service.query.retrieval import Retriever, SearchQuery  # noqa: E402
-from qa_service.query.sharded import ShardedRetriever  # noqa: E402
+from qa_service.query.sharded import ShardedRetriever, ShardSearcher  # noqa: E402
 from qa_service.service import make_splitter  # noqa: E402
 
 SQUAD = ROOT.parent / "shared" / "eval" / "squad" / "dev-v1.1.first24.json"
@@ -120,16 +120,15 @@ def exactness(passages: int, shard_counts: list[int]) -> None:
     for count in shard_counts:
         started = time.perf_counter()
         owner = [shard_of(p.document_id, count) for p in rows]
-        shards, counts = [], []
+        shards = []
         for n in range(count):
             mine = [i for i, s in enumerate(owner) if s == n]
             docs = [d for d in documents if shard_of(d.id, count) == n]
             shard_terms = [terms[i] for i in mine]
-            shards.append(_index(docs, [rows[i] for i in mine], vectors[mine], shard_terms,
-                                 template))  # fmt: skip
-            counts.append(TermCounts.from_terms(shard_terms))
-        sharded = ShardedRetriever(shards, counts)
-        sizes = ", ".join(f"{len(s.passages):,}" for s in shards)
+            index = _index(docs, [rows[i] for i in mine], vectors[mine], shard_terms, template)
+            shards.append(ShardSearcher(index, TermCounts.from_terms(shard_terms)))
+        sharded = ShardedRetriever(shards)
+        sizes = ", ".join(f"{s.passages:,}" for s in shards)
         print(f"\n{count} shard(s) ({sizes} passages), built in "
               f"{time.perf_counter() - started:.0f} s")  # fmt: skip
         for mode in MODES:

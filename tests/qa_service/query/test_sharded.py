@@ -15,7 +15,7 @@ from qa_service.index.shard_lexical import TermCounts
 from qa_service.index.store import IndexData
 from qa_service.models import Mode
 from qa_service.query.retrieval import Filters, Hit, Retriever, SearchQuery
-from qa_service.query.sharded import ShardedRetriever
+from qa_service.query.sharded import ShardedRetriever, ShardSearcher
 from qa_service.service import QAService
 
 OFF_TOPIC = [
@@ -87,7 +87,8 @@ def test_shards_rank_as_one_index(
     groups = [ids[:3], ids[3:]] if layout == "2 shards" else [ids[0::2][:2], ids[1::2], ids[4:]]
     assert sorted(d for g in groups for d in g) == ids
     shards, terms = split(data, groups)
-    sharded, single = ShardedRetriever(shards, terms), Retriever(data)
+    searchers = [ShardSearcher(s, t) for s, t in zip(shards, terms, strict=True)]
+    sharded, single = ShardedRetriever(searchers), Retriever(data)
     search = _queries(single, questions, encoder)
     assert [q.coverage for q in _queries(sharded, questions, encoder)] == [
         q.coverage for q in search
@@ -106,8 +107,11 @@ def test_shards_that_do_not_belong_together_are_refused(service: QAService) -> N
     shards, terms = split(data, [ids[:2], ids[2:]])
     other = replace(shards[1], manifest=replace(shards[1].manifest, model="another-model"))
     with pytest.raises(ValueError, match="shard 1 was built with another model"):
-        ShardedRetriever([shards[0], other], terms)
-    with pytest.raises(ValueError, match="term counts of"):
-        ShardedRetriever(shards, [terms[0], TermCounts.from_terms([["one"], ["passage"]])])
+        ShardedRetriever([ShardSearcher(shards[0], terms[0]), ShardSearcher(other, terms[1])])
+    with pytest.raises(ValueError, match="term counts of 2 passages"):
+        ShardSearcher(shards[1], TermCounts.from_terms([["one"], ["passage"]]))
+    with pytest.raises(ValueError, match="needs its term counts"):
+        ShardSearcher(shards[1])  # not built as a shard
+    sharded = ShardedRetriever([ShardSearcher(s, t) for s, t in zip(shards, terms, strict=True)])
     with pytest.raises(ValueError, match="diversity across shards"):
-        ShardedRetriever(shards, terms).retrieve([], 5, diversity=0.3)
+        sharded.retrieve([], 5, diversity=0.3)
