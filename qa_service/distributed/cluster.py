@@ -62,8 +62,8 @@ def connect(address: str | None) -> ModuleType:
             ) from None
         if _is_loopback(host):  # a cluster of this machine's own nodes: keep to loopback
             options["_node_ip_address"] = "127.0.0.1"
-    else:
-        options["_node_ip_address"] = "127.0.0.1"
+    else:  # a new local Ray, for this command only (given 127.0.0.1 here, `ray.init` hangs)
+        options["include_dashboard"] = False
     if ray.is_initialized():
         return ray
     try:

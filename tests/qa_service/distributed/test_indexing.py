@@ -4,6 +4,7 @@ build holds, document by document, and BM25 over them scores as the single index
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -122,6 +123,15 @@ def test_a_cluster_that_does_not_answer_fails_at_once() -> None:
     assert "ray start --head" in str(refused.value)
     with pytest.raises(ClusterError, match="is not host:port"):
         connect("head-node")
+
+
+def test_without_an_address_a_local_ray_is_started() -> None:
+    """In a process of its own: this one is connected to the test cluster."""
+    script = "from qa_service.distributed.cluster import connect; print(len(connect(None).nodes()))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
 
 
 def test_without_ray_installed_the_fix_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
