@@ -62,12 +62,12 @@ def connect(address: str | None) -> ModuleType:
             ) from None
         if _is_loopback(host):  # a cluster of this machine's own nodes: keep to loopback
             options["_node_ip_address"] = "127.0.0.1"
-    else:  # a new local Ray, for this command only (given 127.0.0.1 here, `ray.init` hangs)
+    else:  # a new local Ray for this command ("local": not one an earlier `ray start` left)
         options["include_dashboard"] = False
     if ray.is_initialized():
         return ray
     try:
-        ray.init(address=address, **options)
+        ray.init(address=address or "local", **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterError(f"cannot join the Ray cluster at {address or 'a new local one'}: "
                            f"{exc}") from exc  # fmt: skip

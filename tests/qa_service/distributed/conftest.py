@@ -3,6 +3,7 @@ worker, each its own raylet with one CPU, on the loopback address."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -14,6 +15,11 @@ import pytest
 from qa_service.distributed.cluster import connect
 
 STARTUP_SECONDS = 120
+# Without it Ray 2.60 turns token authentication on by itself once ~/.ray/auth_token exists
+# (a local `ray.init()` writes one), and the test nodes and driver then disagreed about the
+# token. These clusters live on the loopback address for one test session: no tokens, and
+# nothing written to the home folder.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 # `ray start`, run by this interpreter (the `ray` script may not be on PATH).
 RAY = [sys.executable, "-m", "ray.scripts.scripts", "start"]
 
