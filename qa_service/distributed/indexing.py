@@ -49,6 +49,8 @@ from qa_service.service import configured_model, make_splitter
 
 logger = logging.getLogger(__name__)
 
+# CPUs Ray reserves for each encoding actor, and the threads its model runs on.
+CPUS_PER_ACTOR = 1
 # Files an actor loads and encodes per call: enough for full model batches, few enough that
 # the actors share the work evenly.
 FILES_PER_BATCH = 8
@@ -73,7 +75,9 @@ class ShardJob:
         return self.settings.index_dir / self.folder / f"{shard:03d}"
 
     def load_encoder(self) -> Encoder:
-        return load_encoder(self.model, self.backend, self.settings.index_dir / "models")
+        """The model for an actor: as many threads as the CPUs Ray gives it."""
+        cache = self.settings.index_dir / "models"
+        return load_encoder(self.model, self.backend, cache, threads=CPUS_PER_ACTOR)
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,7 @@ def build_shards(
         pool = ray.data.ActorPoolStrategy(size=workers or nodes)
         encoded = ray.data.from_items(items).map_batches(
             EncodeFiles, fn_constructor_args=(job,), batch_size=FILES_PER_BATCH,
-            batch_format="numpy", compute=pool, num_cpus=1,
+            batch_format="numpy", compute=pool, num_cpus=CPUS_PER_ACTOR,
         )  # fmt: skip
         # One group per shard, and one for the files that could not be read.
         written = encoded.groupby("shard", num_partitions=count + 1).map_groups(
