@@ -367,10 +367,7 @@ def _bar_chart(
         parts.append(
             f'<line x1="{at:.1f}" y1="{_TOP - 4}" x2="{at:.1f}" y2="{base}" '
             f'stroke="{_MARKER_COLOR}" stroke-width="1.5" stroke-dasharray="5 3"/>'
-            f'<line x1="{x:.0f}" y1="{legend_y - 4}" x2="{x + 18:.0f}" y2="{legend_y - 4}" '
-            f'stroke="{_MARKER_COLOR}" stroke-width="1.5" stroke-dasharray="5 3"/>'
-            f'<text x="{x + 24:.0f}" y="{legend_y}" font-size="{_LEGEND_FONT}">'
-            f"{esc(marker[1])}</text>"
+            + _legend_line(x, legend_y, _MARKER_COLOR, "1.5", marker[1], dashed=True)
         )
     if not series:
         parts.append(
@@ -498,11 +495,7 @@ def _curve_chart(answerability: dict[str, Any]) -> str:
         )
     legend_y, x = 44, float(left)
     text = f"thresholds on {score}"
-    parts.append(
-        f'<line x1="{x:.0f}" y1="{legend_y - 4}" x2="{x + 18:.0f}" y2="{legend_y - 4}" '
-        f'stroke="{_COLORS[0]}" stroke-width="2"/><text x="{x + 24:.0f}" y="{legend_y}" '
-        f'font-size="{_LEGEND_FONT}">{esc(text)}</text>'
-    )
+    parts.append(_legend_line(x, legend_y, _COLORS[0], "2", text))
     x += 24 + _text_width(text, _LEGEND_FONT) + 14
     if point.get("wrong") is not None:
         text = (
@@ -517,6 +510,16 @@ def _curve_chart(answerability: dict[str, Any]) -> str:
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _legend_line(x: float, y: int, color: str, width: str, text: str, dashed: bool = False) -> str:
+    """A legend entry for a line: its stroke, then its label."""
+    dash = ' stroke-dasharray="5 3"' if dashed else ""
+    return (
+        f'<line x1="{x:.0f}" y1="{y - 4}" x2="{x + 18:.0f}" y2="{y - 4}" '
+        f'stroke="{color}" stroke-width="{width}"{dash}/>'
+        f'<text x="{x + 24:.0f}" y="{y}" font-size="{_LEGEND_FONT}">{html.escape(text)}</text>'
+    )
 
 
 def _answerability_section(data: dict[str, Any]) -> str:
