@@ -90,6 +90,14 @@ class FairLock:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """What a question reads: an index generation and the pipeline over it."""
+
+    index: IndexData
+    pipeline: QueryPipeline
+
+
+@dataclass(frozen=True)
 class TimedAnswer:
     answer: Answer
     took_ms: float
@@ -178,7 +186,7 @@ class QAService:
         self.encoder = encoder
         self.dense_weight = dense_weight
         self._lexicon_cache = lexicon_cache
-        self._pipeline = self._new_pipeline(index)
+        self._live = self._new_snapshot(index)
         # Seconds it took `from_settings` to load the model and the index ("model", "index").
         self.load_seconds: dict[str, float] = {}
         self.top_k = top_k
@@ -194,9 +202,7 @@ class QAService:
         self.index_problem: str | None = None
         self._refused_generation: str | None = None
 
-    def _new_pipeline(
-        self, index: IndexData, previous: QueryPipeline | None = None
-    ) -> QueryPipeline:
+    def _new_snapshot(self, index: IndexData, previous: QueryPipeline | None = None) -> Snapshot:
         if index.manifest.model != self.encoder.name:
             raise IndexStaleError(
                 f"index built with {index.manifest.model} cannot be queried with "
@@ -205,7 +211,7 @@ class QAService:
         path, known = self._lexicon_cache, None
         if previous is None and path is not None:
             known = read_cached(path, self.encoder.name)
-        pipeline = QueryPipeline(
+        pipeline = QueryPipeline.over_index(
             index, self.encoder.encode_queries, self.dense_weight, previous, known
         )
         before = previous.lexicon if previous is not None else known
@@ -218,12 +224,12 @@ class QAService:
                 save_cached(path, self.encoder.name, pipeline.lexicon)
             except OSError as exc:  # a cache: the next load builds it again
                 logger.warning("cannot save the lexicon to %s: %s", path, exc)
-        return pipeline
+        return Snapshot(index, pipeline)
 
     @property
     def index(self) -> IndexData:
         """The live index; read it once per use, as a write may replace it at any time."""
-        return self._pipeline.index
+        return self._live.index
 
     @classmethod
     def from_settings(
@@ -276,9 +282,9 @@ class QAService:
         """Answer several questions with one model call; `took_ms` is each one's share."""
         started = time.perf_counter()
         options = options or AskOptions()
-        pipeline = self._pipeline  # one snapshot for the whole call
+        live = self._live  # one snapshot for the whole call
         mode = options.mode or self.mode
-        answers = pipeline.run(
+        answers = live.pipeline.run(
             questions,
             questions if queries is None else queries,
             self._encode,
@@ -290,7 +296,7 @@ class QAService:
             reader=self.reader,
         )
         took_ms = (time.perf_counter() - started) * 1000 / max(len(questions), 1)
-        return [TimedAnswer(a, took_ms, pipeline.index.documents) for a in answers]
+        return [TimedAnswer(a, took_ms, live.index.documents) for a in answers]
 
     def _encode(self, texts: Sequence[str]) -> Vectors:
         try:
@@ -315,14 +321,14 @@ class QAService:
         prepared = updater.prepare(self.index, items, mode)
         with self._writing():
             data, results = updater.commit(self.index, prepared, mode)
-            self._pipeline = self._new_pipeline(data, self._pipeline)
+            self._live = self._new_snapshot(data, self._live.pipeline)
         return results
 
     def remove_documents(self, ids: Sequence[str]) -> None:
         updater = self._require_updater()
         with self._writing():
             data = updater.remove(self.index, ids)
-            self._pipeline = self._new_pipeline(data, self._pipeline)
+            self._live = self._new_snapshot(data, self._live.pipeline)
 
     def refresh(self) -> bool:
         """Take up a generation another process made current; true if there was one.
@@ -373,7 +379,7 @@ class QAService:
                 data = load_index(spec.index_dir, spec.index_config)
                 if problems := settings_reasons(data.manifest, spec):
                     raise IndexStaleError("; ".join(problems))
-                pipeline = self._new_pipeline(data, self._pipeline)
+                live = self._new_snapshot(data, self._live.pipeline)
             except QAError as exc:
                 self._refused_generation = current
                 self.index_problem = (
@@ -387,7 +393,7 @@ class QAService:
             else:
                 self._refused_generation = self.index_problem = None
                 logger.info("took up index generation %s, written by another process", current)
-                self._pipeline = pipeline
+                self._live = live
                 return
         assert self.index_problem is not None
         raise IndexReplacedError(self.index_problem)

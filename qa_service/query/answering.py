@@ -6,12 +6,15 @@ few dot products at query time rather than another model call.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from embeddings import Vectors
 from embeddings.reader import Reading
+from qa_service.corpus.chunking import Passage
 from qa_service.corpus.words import STOPWORDS, WORD
 from qa_service.index.store import IndexData
 from qa_service.query.retrieval import Hit
@@ -85,38 +88,20 @@ class Answer:
         return ranked.hit.passage.text[ranked.highlight.start : ranked.highlight.end]
 
 
-class AnswerBuilder:
-    def __init__(self, index: IndexData) -> None:
-        self._index = index
+class BaseAnswerBuilder(ABC):
+    """Whether to answer, and with which sentence, from ranked hits; where the passages' sentences
+    and their vectors live (one index, or shards) is its subclasses' business."""
 
-    def best_sentence(
-        self, hit: Hit, question_vectors: Vectors, terms: set[str]
-    ) -> Sentence | None:
-        if self._index.unit_vectors is None:
-            return None
-        passage = hit.passage
-        rows = self._index.unit_rows(passage)
-        # The question's spellings (one row each): a sentence scores with the best of them.
-        dense = (self._index.unit_vectors[rows.start : rows.stop] @ question_vectors.T).max(axis=1)
-        units = self._index.units[passage.document_id][passage.first_unit : passage.last_unit]
-        best: Sentence | None = None
-        for (start, end), cosine in zip(units, dense, strict=True):
-            text = passage.text[start - passage.start : end - passage.start]
-            lexical = len(terms & content_terms(text)) / len(terms) if terms else 0.0
-            score = float(cosine) + LEXICAL_WEIGHT * lexical
-            if best is None or score > best.score:
-                best = Sentence(start - passage.start, end - passage.start, score)
-        assert best is not None, "a passage always has at least one sentence unit"
-        return best
+    @abstractmethod
+    def highlights(
+        self, hits: Sequence[Hit], question_vectors: Vectors, terms: set[str]
+    ) -> list[Sentence | None]:
+        """Each hit's sentence that best matches the question (None: the index has no sentence
+        vectors)."""
 
+    @abstractmethod
     def sentence_around(self, hit: Hit, start: int, end: int) -> Sentence:
         """The passage's sentences that hold [start, end) (offsets inside the passage)."""
-        passage = hit.passage
-        units = self._index.units[passage.document_id][passage.first_unit : passage.last_unit]
-        spans = [(a - passage.start, b - passage.start) for a, b in units]
-        first = next((a for a, b in spans if a <= start < b), spans[0][0])
-        last = next((b for a, b in reversed(spans) if a < end <= b), spans[-1][1])
-        return Sentence(first, last, 0.0)
 
     def build(
         self,
@@ -134,6 +119,10 @@ class AnswerBuilder:
         if first is not None:
             answerable = answerable and first.probability >= reader_threshold
         terms = content_terms(question)
+        shown = hits[:HIGHLIGHTED_PASSAGES]
+        best = self.highlights(shown[1:] if first is not None else shown, question_vectors, terms)
+        if first is not None:
+            best.insert(0, None)
         ranked = []
         answer_rank, answer_score = None, -np.inf
         for rank, hit in enumerate(hits, start=1):
@@ -142,7 +131,7 @@ class AnswerBuilder:
             if rank == 1 and first is not None:
                 sentence = self.sentence_around(hit, first.start, first.end)
             elif rank <= HIGHLIGHTED_PASSAGES:
-                sentence = self.best_sentence(hit, question_vectors, terms)
+                sentence = best[rank - 1]
             ranked.append(RankedPassage(hit, rank, sentence, reading))
             # The answer weighs how well the sentence and its passage both match.
             if sentence is None or first is not None:
@@ -157,3 +146,50 @@ class AnswerBuilder:
                 (first.start, first.end), first.probability,
             )  # fmt: skip
         return Answer(question, answerable, ranked, answer_rank)
+
+
+class AnswerBuilder(BaseAnswerBuilder):
+    """Answers from one index in memory."""
+
+    def __init__(self, index: IndexData) -> None:
+        self._index = index
+
+    def best_sentence(
+        self, passage: Passage, question_vectors: Vectors, terms: set[str]
+    ) -> Sentence | None:
+        if self._index.unit_vectors is None:
+            return None
+        rows = self._index.unit_rows(passage)
+        # The question's spellings (one row each): a sentence scores with the best of them.
+        dense = (self._index.unit_vectors[rows.start : rows.stop] @ question_vectors.T).max(axis=1)
+        units = self._index.units[passage.document_id][passage.first_unit : passage.last_unit]
+        best: Sentence | None = None
+        for (start, end), cosine in zip(units, dense, strict=True):
+            text = passage.text[start - passage.start : end - passage.start]
+            lexical = len(terms & content_terms(text)) / len(terms) if terms else 0.0
+            score = float(cosine) + LEXICAL_WEIGHT * lexical
+            if best is None or score > best.score:
+                best = Sentence(start - passage.start, end - passage.start, score)
+        assert best is not None, "a passage always has at least one sentence unit"
+        return best
+
+    def highlights(
+        self, hits: Sequence[Hit], question_vectors: Vectors, terms: set[str]
+    ) -> list[Sentence | None]:
+        return [self.best_sentence(hit.passage, question_vectors, terms) for hit in hits]
+
+    def sentence_around(self, hit: Hit, start: int, end: int) -> Sentence:
+        passage = hit.passage
+        units = self._index.units[passage.document_id][passage.first_unit : passage.last_unit]
+        return sentence_around(passage.start, units, start, end)
+
+
+def sentence_around(
+    passage_start: int, units: Sequence[tuple[int, int]], start: int, end: int
+) -> Sentence:
+    """The sentences (`units`, offsets in the document) that hold [start, end) (offsets inside
+    the passage starting at `passage_start`)."""
+    spans = [(a - passage_start, b - passage_start) for a, b in units]
+    first = next((a for a, b in spans if a <= start < b), spans[0][0])
+    last = next((b for a, b in reversed(spans) if a < end <= b), spans[-1][1])
+    return Sentence(first, last, 0.0)

@@ -98,8 +98,18 @@ class Lexicon:
         previous: Lexicon | None = None,
     ) -> Lexicon:
         """The lexicon of `documents`; words `previous` already holds are not encoded again."""
-        counts = Counter(w for d in documents for w in words_of(d.text) if w not in STOPWORDS)
-        words = sorted(w for w, _ in counts.most_common(MAX_WORDS))
+        return cls.from_counts(word_counts(documents), encode, previous)
+
+    @classmethod
+    def from_counts(
+        cls,
+        counts: Counter[str],
+        encode: Callable[[Sequence[str]], Vectors],
+        previous: Lexicon | None = None,
+    ) -> Lexicon:
+        """The lexicon of the words counted in `counts` (`word_counts`, summed over shards)."""
+        # Ties broken by the word, so that counts summed in any order choose the same words.
+        words = sorted(sorted(counts, key=lambda w: (-counts[w], w))[:MAX_WORDS])
         known: dict[str, npt.NDArray[np.float32]] = {}
         if previous is not None:
             known = dict(zip(previous.words, previous.vectors, strict=True))
@@ -120,6 +130,11 @@ class Lexicon:
         best = cosines.argmax(axis=1)
         found = [self.words[j] for i, j in enumerate(best) if cosines[i, j] >= MIN_COSINE]
         return Translation(" ".join(found), TRANSLATED_WEIGHT * len(found) / total)
+
+
+def word_counts(documents: Iterable[Document]) -> Counter[str]:
+    """How often each word a lexicon may hold occurs in `documents`."""
+    return Counter(w for d in documents for w in words_of(d.text) if w not in STOPWORDS)
 
 
 def cache_path(folder: Path, model: str) -> Path:

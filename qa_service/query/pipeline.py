@@ -11,8 +11,10 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -20,13 +22,14 @@ from embeddings import Vectors
 from qa_service.corpus.acronyms import Acronyms
 from qa_service.index.store import IndexData
 from qa_service.models import Mode, profile_for
-from qa_service.query.answering import Answer, AnswerBuilder
-from qa_service.query.lexicon import Lexicon, WordCache, words_of
+from qa_service.query.answering import Answer, AnswerBuilder, BaseAnswerBuilder
+from qa_service.query.lexicon import Lexicon, WordCache, word_counts, words_of
 from qa_service.query.reading import PassageReader, ReadHits
 from qa_service.query.retrieval import (
     DENSE_WEIGHT,
     LEXICAL_SUPPORT_COVERAGE,
     Filters,
+    Hit,
     Retriever,
     SearchQuery,
 )
@@ -48,34 +51,67 @@ class AskOptions:
     diversity: float = 0.0  # maximal marginal relevance, 0..1 (retrieval.py)
 
 
+class Searcher(Protocol):
+    """What ranks passages: `Retriever` over one index, `ShardedRetriever` over shards."""
+
+    def retrieve(
+        self,
+        queries: Sequence[SearchQuery],
+        k: int,
+        mode: Mode = "hybrid",
+        filters: Filters | None = None,
+        diversity: float = 0.0,
+    ) -> list[list[Hit]]: ...
+
+    def lexical_coverage(self, question: str) -> float: ...
+
+
 class QueryPipeline:
     def __init__(
         self,
+        retriever: Searcher,
+        answers: BaseAnswerBuilder,
+        acronyms: Acronyms,
+        model: str,
+        words: Callable[[], Counter[str]],
+        encode: Encode,
+        previous: QueryPipeline | None = None,
+        known: Lexicon | None = None,
+    ) -> None:
+        """`words` counts the collection's words, for the lexicon of a `model` that has one,
+        which `encode` builds; its words already in `previous`'s lexicon, or else in `known` (one
+        an earlier process saved), are not encoded again."""
+        self.retriever = retriever
+        self.answers = answers
+        self.acronyms = acronyms
+        self.lexicon: Lexicon | None = None
+        # Question words' vectors outlive a snapshot: they depend on the model only.
+        self.words: WordCache = previous.words if previous is not None else WordCache()
+        if profile_for(model).lexicon:
+            started = time.perf_counter()
+            if previous is not None:
+                known = previous.lexicon
+            self.lexicon = Lexicon.from_counts(words(), encode, known)
+            logger.info(
+                "lexicon of %d words ready in %.1f s",
+                len(self.lexicon.words), time.perf_counter() - started,
+            )  # fmt: skip
+
+    @classmethod
+    def over_index(
+        cls,
         index: IndexData,
         encode: Encode,
         dense_weight: float = DENSE_WEIGHT,
         previous: QueryPipeline | None = None,
         known: Lexicon | None = None,
-    ) -> None:
-        """`encode` builds the lexicon of a model that has one; its words already in
-        `previous`'s lexicon, or else in `known` (one an earlier process saved), are not encoded
-        again."""
-        self.index = index
-        self.retriever = Retriever(index, dense_weight)
-        self.answers = AnswerBuilder(index)
-        self.acronyms = Acronyms.from_definitions(index.acronyms.values())
-        self.lexicon: Lexicon | None = None
-        # Question words' vectors outlive a snapshot: they depend on the model only.
-        self.words: WordCache = previous.words if previous is not None else WordCache()
-        if profile_for(index.manifest.model).lexicon:
-            started = time.perf_counter()
-            if previous is not None:
-                known = previous.lexicon
-            self.lexicon = Lexicon.build(index.documents.values(), encode, known)
-            logger.info(
-                "lexicon of %d words ready in %.1f s",
-                len(self.lexicon.words), time.perf_counter() - started,
-            )  # fmt: skip
+    ) -> QueryPipeline:
+        """The pipeline over one index in memory."""
+        return cls(
+            Retriever(index, dense_weight), AnswerBuilder(index),
+            Acronyms.from_definitions(index.acronyms.values()), index.manifest.model,
+            lambda: word_counts(index.documents.values()), encode, previous, known,
+        )  # fmt: skip
 
     def run(
         self,

@@ -209,8 +209,8 @@ def test_the_passage_score_weighs_in_the_choice(
     vectors = encoder.encode_queries([BUILT])
     terms = content_terms(BUILT)
     best, weaker = hit(index, "lighthouse#0", 0.0), hit(index, "lighthouse#1", 0.0)
-    best_sentence = builder.best_sentence(best, vectors, terms)
-    weaker_sentence = builder.best_sentence(weaker, vectors, terms)
+    best_sentence = builder.best_sentence(best.passage, vectors, terms)
+    weaker_sentence = builder.best_sentence(weaker.passage, vectors, terms)
     assert best_sentence is not None and weaker_sentence is not None
     gap = best_sentence.score - weaker_sentence.score
     assert gap > 0.2
@@ -232,8 +232,10 @@ def test_a_sentence_scores_with_the_best_spelling_of_the_question(
     # Each row of the question vectors is one spelling; an unrelated row must not hurt.
     terms = content_terms(BUILT)
     target = hit(index, "lighthouse#0")
-    alone = builder.best_sentence(target, encoder.encode_queries([BUILT]), terms)
-    both = builder.best_sentence(target, encoder.encode_queries(["bread and cakes", BUILT]), terms)
+    alone = builder.best_sentence(target.passage, encoder.encode_queries([BUILT]), terms)
+    both = builder.best_sentence(
+        target.passage, encoder.encode_queries(["bread and cakes", BUILT]), terms
+    )
     assert alone is not None and both is not None
     assert (both.start, both.end) == (alone.start, alone.end)
     assert both.score == pytest.approx(alone.score, abs=1e-5)

@@ -86,7 +86,7 @@ def test_e5_finds_the_answer_through_translated_words(e5_service: QAService) -> 
 
 
 def test_question_words_are_encoded_once_across_questions(e5_service: QAService) -> None:
-    pipeline = QueryPipeline(e5_service.index, e5_service.encoder.encode_queries)
+    pipeline = QueryPipeline.over_index(e5_service.index, e5_service.encoder.encode_queries)
     calls: list[list[str]] = []
 
     def encode(texts: Sequence[str]) -> Vectors:
@@ -133,14 +133,16 @@ def test_a_saved_lexicon_spares_the_next_load_its_encoding(
     path = cache_path(tmp_path, e5_service.encoder.name)
     counting = _Counting(e5_service.encoder)
     first = QAService(counting, e5_service.index, None, 5, lexicon_cache=path)  # type: ignore[arg-type]
-    assert first._pipeline.lexicon is not None and path.is_file()
-    assert len(counting.texts) == len(first._pipeline.lexicon.words)
+    assert first._live.pipeline.lexicon is not None and path.is_file()
+    assert len(counting.texts) == len(first._live.pipeline.lexicon.words)
     counting.texts.clear()
     again = QAService(counting, e5_service.index, None, 5, lexicon_cache=path)  # type: ignore[arg-type]
     assert counting.texts == []  # nothing encoded: every word came from the file
-    assert again._pipeline.lexicon is not None
-    assert again._pipeline.lexicon.words == first._pipeline.lexicon.words
-    assert np.array_equal(again._pipeline.lexicon.vectors, first._pipeline.lexicon.vectors)
+    assert again._live.pipeline.lexicon is not None
+    assert again._live.pipeline.lexicon.words == first._live.pipeline.lexicon.words
+    assert np.array_equal(
+        again._live.pipeline.lexicon.vectors, first._live.pipeline.lexicon.vectors
+    )
 
 
 def test_a_cached_lexicon_of_another_model_or_damaged_is_not_used(tmp_path: Path) -> None:

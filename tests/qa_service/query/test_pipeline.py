@@ -18,7 +18,7 @@ FOLLOW_UP_QUERY = "Where was the Second Country Workshop held? How many people a
 
 
 def test_a_batch_takes_one_model_call_for_everything_it_searches(service: QAService) -> None:
-    pipeline = QueryPipeline(service.index, service.encoder.encode_queries)
+    pipeline = QueryPipeline.over_index(service.index, service.encoder.encode_queries)
     calls: list[list[str]] = []
 
     def encode(texts: Sequence[str]) -> Vectors:
@@ -46,7 +46,7 @@ def test_a_batch_takes_one_model_call_for_everything_it_searches(service: QAServ
 
 
 def test_each_question_needs_its_query(service: QAService) -> None:
-    pipeline = QueryPipeline(service.index, service.encoder.encode_queries)
+    pipeline = QueryPipeline.over_index(service.index, service.encoder.encode_queries)
     with pytest.raises(ValueError, match="one query per question"):
         pipeline.run(
             [GRETA, FOLLOW_UP], [GRETA], service.encoder.encode_queries, k=3, mode="hybrid",
