@@ -11,18 +11,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from embeddings import Encoder, EncoderBackend, Vectors, load_encoder
 from embeddings.batching import QueryBatcher, QueueTimeoutError
 from embeddings.factory import recorded_backend
 from embeddings.reader import Reader
 from qa_service.config import DEFAULT_MODEL, Settings
-from qa_service.corpus.chunking import PassageSplitter
+from qa_service.corpus.chunking import PassageSplitter, Span
 from qa_service.corpus.documents import Document
 from qa_service.errors import (
     DocumentNotFoundError,
@@ -49,7 +51,7 @@ from qa_service.index.writes import DocumentUpdater, NewDocument, WriteMode, Wri
 from qa_service.models import Mode, profile_for
 from qa_service.query.answering import Answer
 from qa_service.query.lexicon import cache_path, read_cached, save_cached
-from qa_service.query.pipeline import AskOptions, QueryPipeline
+from qa_service.query.pipeline import AskOptions, Encode, QueryPipeline
 from qa_service.query.reading import PassageReader
 from qa_service.query.retrieval import DENSE_WEIGHT
 
@@ -101,8 +103,8 @@ class Snapshot:
 class TimedAnswer:
     answer: Answer
     took_ms: float
-    # The documents of the index the answer came from: a write after it cannot remove them.
-    documents: dict[str, Document]
+    # Documents the answer cites, of the index it came from: a write after it cannot remove them.
+    documents: Mapping[str, Document]
 
 
 def configured_model(settings: Settings) -> tuple[str, EncoderBackend]:
@@ -163,7 +165,132 @@ def ensure_configured_index(
     return ensure_index(spec, settings.rebuild_stale_index, progress, rebuild_for_settings=owner)
 
 
-class QAService:
+class Catalogue(Protocol):
+    """What the API reads of the collection being served: an `IndexData`, or the shards'
+    (`distributed/service.py`)."""
+
+    @property
+    def documents(self) -> Mapping[str, Document]: ...
+    @property
+    def units(self) -> Mapping[str, Sequence[Span]]: ...
+    @property
+    def passages(self) -> Sized: ...
+    def passage_counts(self) -> dict[str, int]: ...
+
+
+class AnsweringService(ABC):
+    """What the API and the CLI drive: questions answered from a catalogue by a query pipeline.
+    `QAService` serves one index and writes to it; the sharded service serves shards."""
+
+    # Why writes are refused, where a subclass does not take them.
+    read_only_reason = "this service does not take writes"
+
+    def __init__(
+        self,
+        model: str,
+        encode: Encode,
+        min_score: float | None,
+        top_k: int,
+        mode: Mode,
+        max_wait: float | None,
+        reader: PassageReader | None,
+    ) -> None:
+        self.model = model
+        self.top_k = top_k
+        self.mode: Mode = mode
+        self._min_score = min_score
+        # Concurrent requests share model calls (embeddings/batching.py).
+        self.queries = QueryBatcher(encode, max_wait=max_wait)
+        self.reader = reader
+        # Seconds it took to load the model and the index ("model", "index").
+        self.load_seconds: dict[str, float] = {}
+        # Why the collection served is not the one on disk (None: it is).
+        self.index_problem: str | None = None
+
+    @property
+    @abstractmethod
+    def index(self) -> Catalogue:
+        """The live collection; read it once per use, as a write may replace it at any time."""
+
+    @abstractmethod
+    def _snapshot(self) -> tuple[Catalogue, QueryPipeline]:
+        """What one call answers from, taken once: it sees the collection before or after a
+        write, never a mix."""
+
+    def _cited(self, catalogue: Catalogue, answers: Sequence[Answer]) -> Mapping[str, Document]:
+        """The documents the answers cite (at least)."""
+        return catalogue.documents
+
+    @property
+    def min_score(self) -> float:
+        """The abstention threshold of the default mode."""
+        return self.threshold()
+
+    def threshold(self, mode: Mode | None = None) -> float:
+        if self._min_score is not None:
+            return self._min_score
+        return profile_for(self.model).min_score[mode or self.mode]
+
+    def ask(
+        self, question: str, options: AskOptions | None = None, query: str | None = None
+    ) -> TimedAnswer:
+        """Answer one question; `query`, when given, is what to search for it (a follow-up
+        together with the questions before it)."""
+        return self.ask_many([question], options, None if query is None else [query])[0]
+
+    def ask_many(
+        self,
+        questions: Sequence[str],
+        options: AskOptions | None = None,
+        queries: Sequence[str] | None = None,
+    ) -> list[TimedAnswer]:
+        """Answer several questions with one model call; `took_ms` is each one's share."""
+        started = time.perf_counter()
+        options = options or AskOptions()
+        catalogue, pipeline = self._snapshot()
+        mode = options.mode or self.mode
+        answers = pipeline.run(
+            questions,
+            questions if queries is None else queries,
+            self._encode,
+            k=options.top_k or self.top_k,
+            mode=mode,
+            threshold=self.threshold(mode) if options.min_score is None else options.min_score,
+            filters=options.filters,
+            diversity=options.diversity,
+            reader=self.reader,
+        )
+        documents = self._cited(catalogue, answers)
+        took_ms = (time.perf_counter() - started) * 1000 / max(len(questions), 1)
+        return [TimedAnswer(a, took_ms, documents) for a in answers]
+
+    def _encode(self, texts: Sequence[str]) -> Vectors:
+        try:
+            return self.queries.encode(texts)
+        except QueueTimeoutError as exc:
+            raise ServiceBusyError(f"the model is busy: {exc}; try again shortly") from exc
+
+    def document(self, document_id: str) -> Document:
+        try:
+            return self.index.documents[document_id]
+        except KeyError:
+            raise DocumentNotFoundError(document_id) from None
+
+    def add_documents(
+        self, items: Sequence[tuple[str, NewDocument]], mode: WriteMode = "create"
+    ) -> list[WriteResult]:
+        """Add documents (`create`), or add or replace them (`upsert`)."""
+        raise ReadOnlyError(self.read_only_reason)
+
+    def remove_documents(self, ids: Sequence[str]) -> None:
+        raise ReadOnlyError(self.read_only_reason)
+
+    def refresh(self) -> bool:
+        """Take up a collection another process wrote; true if there was one."""
+        return False
+
+
+class QAService(AnsweringService):
     def __init__(
         self,
         encoder: Encoder,
@@ -183,23 +310,17 @@ class QAService:
         Without an `updater` (an index folder to write to), document writes are refused.
         `max_wait` bounds a question's wait for the model (None: no bound).
         """
+        super().__init__(
+            encoder.name, encoder.encode_queries, min_score, top_k, mode, max_wait, reader
+        )
         self.encoder = encoder
         self.dense_weight = dense_weight
         self._lexicon_cache = lexicon_cache
         self._live = self._new_snapshot(index)
-        # Seconds it took `from_settings` to load the model and the index ("model", "index").
-        self.load_seconds: dict[str, float] = {}
-        self.top_k = top_k
-        self.mode: Mode = mode
-        self._min_score = min_score
-        # Concurrent requests share model calls (embeddings/batching.py).
-        self.queries = QueryBatcher(encoder.encode_queries, max_wait=max_wait)
         self._updater = updater
-        self.reader = reader
         self._write_lock = FairLock()  # in-process writers; `index_lock` across processes
-        # Why the index folder's current generation is not the one served (None: it is), and
-        # that generation's name, so that it is reported once, not at every check.
-        self.index_problem: str | None = None
+        # The generation another process made current that this one cannot serve, so that it
+        # is reported once (`index_problem`), not at every check.
         self._refused_generation: str | None = None
 
     def _new_snapshot(self, index: IndexData, previous: QueryPipeline | None = None) -> Snapshot:
@@ -228,7 +349,6 @@ class QAService:
 
     @property
     def index(self) -> IndexData:
-        """The live index; read it once per use, as a write may replace it at any time."""
         return self._live.index
 
     @classmethod
@@ -256,57 +376,9 @@ class QAService:
         service.load_seconds["index"] = time.perf_counter() - started - model_seconds
         return service
 
-    @property
-    def min_score(self) -> float:
-        """The abstention threshold of the default mode."""
-        return self.threshold()
-
-    def threshold(self, mode: Mode | None = None) -> float:
-        if self._min_score is not None:
-            return self._min_score
-        return profile_for(self.encoder.name).min_score[mode or self.mode]
-
-    def ask(
-        self, question: str, options: AskOptions | None = None, query: str | None = None
-    ) -> TimedAnswer:
-        """Answer one question; `query`, when given, is what to search for it (a follow-up
-        together with the questions before it)."""
-        return self.ask_many([question], options, None if query is None else [query])[0]
-
-    def ask_many(
-        self,
-        questions: Sequence[str],
-        options: AskOptions | None = None,
-        queries: Sequence[str] | None = None,
-    ) -> list[TimedAnswer]:
-        """Answer several questions with one model call; `took_ms` is each one's share."""
-        started = time.perf_counter()
-        options = options or AskOptions()
-        live = self._live  # one snapshot for the whole call
-        mode = options.mode or self.mode
-        answers = live.pipeline.run(
-            questions,
-            questions if queries is None else queries,
-            self._encode,
-            k=options.top_k or self.top_k,
-            mode=mode,
-            threshold=self.threshold(mode) if options.min_score is None else options.min_score,
-            filters=options.filters,
-            diversity=options.diversity,
-            reader=self.reader,
-        )
-        took_ms = (time.perf_counter() - started) * 1000 / max(len(questions), 1)
-        return [TimedAnswer(a, took_ms, live.index.documents) for a in answers]
-
-    def _encode(self, texts: Sequence[str]) -> Vectors:
-        try:
-            return self.queries.encode(texts)
-        except QueueTimeoutError as exc:
-            raise ServiceBusyError(f"the model is busy: {exc}; try again shortly") from exc
-
-    def documents(self, index: IndexData | None = None) -> list[Document]:
-        """The documents of `index` (a snapshot taken with `self.index`), or of the live one."""
-        return list((index or self.index).documents.values())
+    def _snapshot(self) -> tuple[IndexData, QueryPipeline]:
+        live = self._live
+        return live.index, live.pipeline
 
     # Writes. Each holds the in-process lock and the index folder's lock, first takes up a
     # generation another process (`qa add`, `qa index`) made current, and swaps the state only
@@ -397,9 +469,3 @@ class QAService:
                 return
         assert self.index_problem is not None
         raise IndexReplacedError(self.index_problem)
-
-    def document(self, document_id: str) -> Document:
-        try:
-            return self.index.documents[document_id]
-        except KeyError:
-            raise DocumentNotFoundError(document_id) from None

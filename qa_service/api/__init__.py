@@ -1,4 +1,4 @@
-"""The HTTP API: a thin layer of request/response models over `QAService`."""
+"""The HTTP API: a thin layer of request/response models over an `AnsweringService`."""
 
 from qa_service.api.app import create_app
 

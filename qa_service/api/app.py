@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -26,18 +27,24 @@ from qa_service.api.middleware import (
 )
 from qa_service.api.routes import ask, chat, documents, health, openai, pages
 from qa_service.config import Settings
-from qa_service.service import QAService
+from qa_service.service import AnsweringService, QAService
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, service: QAService | None = None) -> FastAPI:
-    """An app over `service`, or one that loads the service in the background from `settings`.
+def create_app(
+    settings: Settings | None = None,
+    service: AnsweringService | None = None,
+    load: Callable[[], AnsweringService] | None = None,
+) -> FastAPI:
+    """An app over `service`, or one that loads the service in the background: with `load`, or
+    else `QAService.from_settings(settings)`.
 
     Loading in the background lets `/healthz` answer at once while `/readyz` reports false until
     the model and index are in memory.
     """
     settings = settings or Settings()
+    loader = load or partial(QAService.from_settings, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -46,7 +53,7 @@ def create_app(settings: Settings | None = None, service: QAService | None = Non
 
             async def load() -> None:
                 try:
-                    app.state.service = await asyncio.to_thread(QAService.from_settings, settings)
+                    app.state.service = await asyncio.to_thread(loader)
                 except Exception:
                     logger.exception("could not load the question-answering service")
 

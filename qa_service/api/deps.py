@@ -14,17 +14,17 @@ from fastapi import Depends, Request
 
 from qa_service.api.errors import AuthenticationError, WritesDisabledError
 from qa_service.errors import ServiceNotReadyError
-from qa_service.service import QAService
+from qa_service.service import AnsweringService
 
 
-async def get_service(request: Request) -> QAService:
-    service: QAService | None = request.app.state.service
+async def get_service(request: Request) -> AnsweringService:
+    service: AnsweringService | None = request.app.state.service
     if service is None:
         raise ServiceNotReadyError("the model and index are still loading; try again shortly")
     return service
 
 
-ServiceDep = Annotated[QAService, Depends(get_service)]
+ServiceDep = Annotated[AnsweringService, Depends(get_service)]
 
 
 def _bearer_token(request: Request) -> str | None:

@@ -6,12 +6,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from qa_service.service import QAService
+from qa_service.service import AnsweringService
 
 logger = logging.getLogger(__name__)
 
 
-async def watch_index(service: Callable[[], QAService | None], every_seconds: float) -> None:
+async def watch_index(service: Callable[[], AnsweringService | None], every_seconds: float) -> None:
     """Every `every_seconds`, one readlink; a reload only when the generation changed."""
     while True:
         await asyncio.sleep(every_seconds)

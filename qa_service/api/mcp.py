@@ -28,7 +28,7 @@ from qa_service.api.routes.openai import Citation, answer_citations, answer_cont
 from qa_service.api.schemas import MAX_QUESTION_CHARS, MAX_TOP_K, AskResponse, PassageOut
 from qa_service.errors import DocumentNotFoundError, QAError
 from qa_service.query.pipeline import AskOptions
-from qa_service.service import QAService
+from qa_service.service import AnsweringService
 
 MCP_PATH = "/mcp"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -64,7 +64,7 @@ class DocumentText(BaseModel):
     text: str = Field(description="The document's text from `start` to `end`.")
 
 
-ServiceGetter = Callable[[], QAService | None]
+ServiceGetter = Callable[[], AnsweringService | None]
 
 
 def build_server(get_service: ServiceGetter) -> MCPServer[Any]:
@@ -83,7 +83,7 @@ def build_server(get_service: ServiceGetter) -> MCPServer[Any]:
     finally:
         root.removeHandler(placeholder)
 
-    def service() -> QAService:
+    def service() -> AnsweringService:
         found = get_service()
         if found is None:
             raise ToolError("the model and index are still loading; try again shortly")

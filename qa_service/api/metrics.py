@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from qa_service.service import QAService
+from qa_service.service import AnsweringService
 
 questions_logger = logging.getLogger("qa_service.questions")
 
@@ -27,7 +27,7 @@ class _ServiceCollector:
     scrape time. The calls show how well questions are batched (texts per call) and how busy the
     model is (the rate of its seconds)."""
 
-    def __init__(self, service: Callable[[], QAService | None]) -> None:
+    def __init__(self, service: Callable[[], AnsweringService | None]) -> None:
         self.service = service
 
     def describe(self) -> Iterable[Metric]:
@@ -69,7 +69,7 @@ class _ServiceCollector:
 class Metrics:
     def __init__(
         self,
-        service: Callable[[], QAService | None],
+        service: Callable[[], AnsweringService | None],
         questions_in_flight: Callable[[], int] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()

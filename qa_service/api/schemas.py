@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import date
 from typing import Annotated, Any, Self
 
@@ -338,7 +338,7 @@ class AskResponse(BaseModel):
     took_ms: float
 
     @classmethod
-    def from_answer(cls, answer: Answer, documents: dict[str, Document], took_ms: float) -> Self:
+    def from_answer(cls, answer: Answer, documents: Mapping[str, Document], took_ms: float) -> Self:
         passages = []
         for ranked in answer.passages:
             p = ranked.hit.passage
@@ -371,7 +371,7 @@ class AskResponse(BaseModel):
         )
 
 
-def _answer_out(answer: Answer, documents: dict[str, Document]) -> AnswerOut | None:
+def _answer_out(answer: Answer, documents: Mapping[str, Document]) -> AnswerOut | None:
     if answer.answer_rank is None:
         return None
     ranked = answer.passages[answer.answer_rank - 1]
@@ -436,7 +436,7 @@ class DocumentOut(BaseModel):
     )
 
     @classmethod
-    def from_document(cls, document: Document, sentences: list[tuple[int, int]]) -> Self:
+    def from_document(cls, document: Document, sentences: Sequence[tuple[int, int]]) -> Self:
         return cls(
             id=document.id,
             title=document.title,

@@ -89,7 +89,11 @@ class Acronyms:
         for document in per_document:
             for short, long in document:
                 seen[short][long] += 1
-        return cls({short: forms.most_common(1)[0][0] for short, forms in seen.items()})
+        # The most frequent long form, ties broken by the form itself: the same from any order of
+        # documents (shards see theirs in another order than one index).
+        return cls(
+            {short: min(forms, key=lambda f: (-forms[f], f)) for short, forms in seen.items()}
+        )
 
     def expand(self, question: str) -> str:
         """`question` with each defined acronym it uses followed by its long form in

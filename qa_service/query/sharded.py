@@ -23,14 +23,17 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from embeddings import Vectors
+from qa_service.corpus.acronyms import Definition
 from qa_service.corpus.chunking import Passage, Span
 from qa_service.corpus.documents import Document
 from qa_service.index.lexical import Analyzer
@@ -41,8 +44,10 @@ from qa_service.index.shard_lexical import (
     plan_query,
     unknown_weight,
 )
-from qa_service.index.store import IndexData
+from qa_service.index.store import IndexData, Manifest
 from qa_service.models import Mode, profile_for
+from qa_service.query.answering import AnswerBuilder, BaseAnswerBuilder, Sentence, sentence_around
+from qa_service.query.lexicon import word_counts
 from qa_service.query.retrieval import (
     DENSE_WEIGHT,
     LEXICAL_SUPPORT_COVERAGE,
@@ -60,6 +65,8 @@ from qa_service.query.retrieval import (
     tie_order,
 )
 
+T = TypeVar("T")
+V = TypeVar("V")
 Key = tuple[int, int]  # (shard, passage position in it)
 # Plans whose BM25 a shard keeps between `find` and `score`: more than a batch of questions holds.
 RECENT_PLANS = 256
@@ -98,6 +105,7 @@ class ShardSearcher:
         self.index = index
         self.terms = terms
         self._retriever = Retriever(index, dense_weight)
+        self._answers = AnswerBuilder(index)
         # BM25 of every passage for the plans `find` scored, which `score` then reads: recent
         # ones only (a batch's), by plan and statistics.
         self._recent: dict[tuple[QueryPlan, int], npt.NDArray[np.float32]] = {}
@@ -106,6 +114,10 @@ class ShardSearcher:
     @property
     def passages(self) -> int:
         return len(self.index.passages)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.index.manifest
 
     def stats(self) -> TermStatistics:
         return self.terms.stats()
@@ -165,8 +177,27 @@ class ShardSearcher:
             lexical = self._bm25(plan, stats)[rows].astype(np.float64)
         return Scored([self.index.passages[i] for i in ids], dense, lexical)
 
-    def document(self, document_id: str) -> tuple[Document, list[Span]]:
-        return self.index.documents[document_id], self.index.units[document_id]
+    def sentences(
+        self, passages: Sequence[Passage], vectors: Vectors, terms: set[str]
+    ) -> list[Sentence | None]:
+        """The best sentence of each of the shard's `passages` for the question
+        (`AnswerBuilder`): the sentence vectors stay on their shard."""
+        return [self._answers.best_sentence(p, vectors, terms) for p in passages]
+
+    def documents(self, ids: Sequence[str]) -> list[tuple[Document, list[Span]]]:
+        """The documents and their sentence units (KeyError for one the shard does not hold)."""
+        return [(self.index.documents[i], self.index.units[i]) for i in ids]
+
+    def passage_counts(self) -> dict[str, int]:
+        """Each document's passage count, in the shard's document order."""
+        return self.index.passage_counts()
+
+    def word_counts(self) -> Counter[str]:
+        """The shard's part of the lexicon's word counts (`lexicon.word_counts`)."""
+        return word_counts(self.index.documents.values())
+
+    def acronyms(self) -> list[list[Definition]]:
+        return list(self.index.acronyms.values())
 
     def _bm25(self, plan: QueryPlan, stats: TermStatistics) -> npt.NDArray[np.float32]:
         key = (plan, id(stats))
@@ -191,32 +222,89 @@ class ShardSearcher:
         return np.where(mask, scores, np.float32(-1.0))
 
 
+class Shard(Protocol):
+    """What the coordinator calls: a `ShardSearcher` in process, or a proxy to one elsewhere
+    (`distributed/serving.py`)."""
+
+    @property
+    def passages(self) -> int: ...
+    @property
+    def manifest(self) -> Manifest: ...
+    def stats(self) -> TermStatistics: ...
+    def highest_weight(self, stats: TermStatistics) -> float | None: ...
+    def term_maxima(self, terms: Sequence[str], stats: TermStatistics) -> dict[str, float]: ...
+    def find(
+        self,
+        vectors: Vectors | None,
+        bounds: Sequence[int],
+        plans: Sequence[QueryPlan | None],
+        stats: TermStatistics,
+        depth: int,
+        filters: Filters | None,
+    ) -> list[Found]: ...
+    def score(
+        self,
+        ids: Sequence[int],
+        vectors: Vectors | None,
+        plan: QueryPlan | None,
+        stats: TermStatistics,
+    ) -> Scored: ...
+    def sentences(
+        self, passages: Sequence[Passage], vectors: Vectors, terms: set[str]
+    ) -> list[Sentence | None]: ...
+    def documents(self, ids: Sequence[str]) -> list[tuple[Document, list[Span]]]: ...
+    def passage_counts(self) -> dict[str, int]: ...
+    def word_counts(self) -> Counter[str]: ...
+    def acronyms(self) -> list[list[Definition]]: ...
+
+
 class ShardedRetriever:
     """The coordinator: `Retriever`'s interface over the shards' searchers."""
 
-    def __init__(self, shards: Sequence[ShardSearcher], dense_weight: float = DENSE_WEIGHT) -> None:
+    def __init__(self, shards: Sequence[Shard], dense_weight: float = DENSE_WEIGHT) -> None:
         if not shards:
             raise ValueError("at least one shard")
-        first = shards[0].index.manifest
-        for n, shard in enumerate(shards):
-            manifest = shard.index.manifest
+        # Every shard is asked at once: on a cluster the calls wait on the network.
+        self._pool = ThreadPoolExecutor(len(shards), thread_name_prefix="shard")
+        self._shards = list(shards)
+        manifests = self.each(lambda s: s.manifest)
+        first = manifests[0]
+        for n, manifest in enumerate(manifests):
             built = (manifest.model, manifest.dimension, manifest.passage_settings)
             if built != (first.model, first.dimension, first.passage_settings):
                 raise ValueError(f"shard {n} was built with another model or passage settings")
-        self._shards = list(shards)
-        self._offsets = np.cumsum([0, *(s.passages for s in shards)])
+        self._offsets = np.cumsum([0, *self.each(lambda s: s.passages)])
         self.passages = int(self._offsets[-1])
+        self.model = first.model
         self.dense_weight = dense_weight
         self.profile = profile_for(first.model)
         # The global BM25 statistics: to be summed again after every write to a shard.
-        self.stats = TermStatistics.combine(s.stats() for s in shards)
-        self._unknown = unknown_weight(s.highest_weight(self.stats) for s in shards)
+        self.stats = TermStatistics.combine(self.each(lambda s: s.stats()))
+        self._unknown = unknown_weight(self.each(lambda s: s.highest_weight(self.stats)))
         self._analyzer = Analyzer()
+        self.catalogue = ShardCatalogue(self)
+
+    @property
+    def shards(self) -> list[Shard]:
+        return list(self._shards)
+
+    def each(self, call: Callable[[Shard], T]) -> list[T]:
+        """`call` on every shard, all at once; the results in the shards' order."""
+        return list(self._pool.map(call, self._shards))
+
+    def each_of(self, call: Callable[[int], T], shards: Iterable[int]) -> list[T]:
+        """`call` on each of the shards numbered `shards`, all at once, in their order."""
+        return list(self._pool.map(call, shards))
+
+    def owner(self, position: int) -> tuple[int, int]:
+        """The shard holding the passage at global `position`, and its position there."""
+        n = int(np.searchsorted(self._offsets, position, side="right")) - 1
+        return n, position - int(self._offsets[n])
 
     def plan(self, text: str) -> QueryPlan:
         """What every shard needs to score `text` with BM25 (`LexicalIndex.query_ids`)."""
         terms = list(dict.fromkeys(self._analyzer.terms(text)))
-        maxima = [s.term_maxima(terms, self.stats) for s in self._shards]
+        maxima = self.each(lambda s: s.term_maxima(terms, self.stats))
         return plan_query(terms, maxima, self._unknown)
 
     def lexical_coverage(self, question: str) -> float:
@@ -244,7 +332,7 @@ class ShardedRetriever:
         ]
         vectors = np.vstack([q.vectors for q in queries]) if mode != "lexical" else None
         bounds = np.cumsum([0, *(len(q.vectors) for q in queries)]).tolist()
-        found = [s.find(vectors, bounds, plans, self.stats, depth, filters) for s in self._shards]
+        found = self.each(lambda s: s.find(vectors, bounds, plans, self.stats, depth, filters))
         results = []
         for row, (query, plan) in enumerate(zip(queries, plans, strict=True)):
             candidates: dict[Key, None] = {}
@@ -283,12 +371,14 @@ class ShardedRetriever:
         for j, (n, _) in enumerate(keys):
             by_shard.setdefault(n, []).append(j)
         vectors = query.vectors if dense is not None else None
-        owners: dict[str, int] = {}
-        for n, slots in by_shard.items():
-            scored = self._shards[n].score([keys[j][1] for j in slots], vectors, plan, self.stats)
+
+        def score(n: int) -> Scored:
+            return self._shards[n].score([keys[j][1] for j in by_shard[n]], vectors, plan,
+                                         self.stats)  # fmt: skip
+
+        for slots, scored in zip(by_shard.values(), self.each_of(score, by_shard), strict=True):
             for slot, passage in zip(slots, scored.passages, strict=True):
                 found[slot] = passage
-                owners[passage.document_id] = n
             if dense is not None and scored.dense is not None:
                 dense[slots] = scored.dense
             if lex is not None and scored.lexical is not None:
@@ -307,45 +397,86 @@ class ShardedRetriever:
             )
             for j in best_first(scores, passages)
         )
-        documents = _Documents(self._shards, owners)
-        return merge_overlaps(hits, k, documents, documents.units)
+        return merge_overlaps(hits, k, self.catalogue.documents, self.catalogue.units)
 
 
-class _Documents(Mapping[str, Document]):
-    """Documents (and their sentence units) fetched from their shard when merging windows asks
-    for one: rare, and a document can be long, so never sent unasked."""
+class ShardedAnswers(BaseAnswerBuilder):
+    """Answers whose sentences are chosen on the shards that hold them."""
 
-    def __init__(self, shards: Sequence[ShardSearcher], owners: dict[str, int]) -> None:
-        self._shards = shards
-        self._owners = owners
-        self._fetched: dict[str, tuple[Document, list[Span]]] = {}
-        self.units = _Units(self)
+    def __init__(self, retriever: ShardedRetriever) -> None:
+        self._retriever = retriever
 
-    def fetch(self, document_id: str) -> tuple[Document, list[Span]]:
-        if document_id not in self._fetched:
-            shard = self._shards[self._owners[document_id]]
-            self._fetched[document_id] = shard.document(document_id)
-        return self._fetched[document_id]
+    def highlights(
+        self, hits: Sequence[Hit], question_vectors: Vectors, terms: set[str]
+    ) -> list[Sentence | None]:
+        slots: dict[int, list[int]] = {}  # shard -> the hits it holds
+        for slot, hit in enumerate(hits):
+            slots.setdefault(self._retriever.owner(hit.row)[0], []).append(slot)
+        shards = self._retriever.shards
 
-    def __getitem__(self, document_id: str) -> Document:
-        return self.fetch(document_id)[0]
+        def ask(n: int) -> list[Sentence | None]:
+            passages = [hits[slot].passage for slot in slots[n]]
+            return shards[n].sentences(passages, question_vectors, terms)
+
+        found: list[Sentence | None] = [None] * len(hits)
+        for n, sentences in zip(slots, self._retriever.each_of(ask, slots), strict=True):
+            for slot, sentence in zip(slots[n], sentences, strict=True):
+                found[slot] = sentence
+        return found
+
+    def sentence_around(self, hit: Hit, start: int, end: int) -> Sentence:
+        passage = hit.passage
+        shard = self._retriever.shards[self._retriever.owner(hit.row)[0]]
+        _, units = shard.documents([passage.document_id])[0]
+        return sentence_around(passage.start, units[passage.first_unit : passage.last_unit],
+                               start, end)  # fmt: skip
+
+
+class ShardCatalogue:
+    """All the shards' documents (`service.Catalogue`), each fetched from its shard when asked
+    for: a sharded collection's texts need not fit the coordinator's memory. Which shard holds
+    which document, and its passage count, are known up front."""
+
+    def __init__(self, retriever: ShardedRetriever) -> None:
+        counts = retriever.each(lambda s: s.passage_counts())
+        self._retriever = retriever
+        self._counts = {doc: c for shard in counts for doc, c in shard.items()}
+        self.owners = {doc: n for n, shard in enumerate(counts) for doc in shard}
+        self.documents: Mapping[str, Document] = _Fetched(self, lambda found: found[0])
+        self.units: Mapping[str, Sequence[Span]] = _Fetched(self, lambda found: found[1])
+        self.passages = range(retriever.passages)
+
+    def passage_counts(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def fetch(self, ids: Iterable[str]) -> dict[str, tuple[Document, list[Span]]]:
+        """The documents with these ids and their sentence units, one call per shard that holds
+        some; ids no shard holds are left out."""
+        by_shard: dict[int, list[str]] = {}
+        for doc_id in dict.fromkeys(ids):
+            if (n := self.owners.get(doc_id)) is not None:
+                by_shard.setdefault(n, []).append(doc_id)
+        shards = self._retriever.shards
+        found = self._retriever.each_of(lambda n: shards[n].documents(by_shard[n]), by_shard)
+        return {doc_id: item for n, items in zip(by_shard, found, strict=True)
+                for doc_id, item in zip(by_shard[n], items, strict=True)}  # fmt: skip
+
+
+class _Fetched(Mapping[str, V]):
+    def __init__(
+        self, catalogue: ShardCatalogue, pick: Callable[[tuple[Document, list[Span]]], V]
+    ) -> None:
+        self._catalogue = catalogue
+        self._pick = pick
+
+    def __getitem__(self, document_id: str) -> V:
+        return self._pick(self._catalogue.fetch([document_id])[document_id])
+
+    def __contains__(self, document_id: object) -> bool:
+        return document_id in self._catalogue.owners
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._owners)
+        return iter(self._catalogue.owners)
 
     def __len__(self) -> int:
-        return len(self._owners)
-
-
-class _Units(Mapping[str, Sequence[Span]]):
-    def __init__(self, documents: _Documents) -> None:
-        self._documents = documents
-
-    def __getitem__(self, document_id: str) -> Sequence[Span]:
-        return self._documents.fetch(document_id)[1]
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._documents)
-
-    def __len__(self) -> int:
-        return len(self._documents)
+        return len(self._catalogue.owners)

@@ -78,7 +78,7 @@ def list_documents(service: ServiceDep) -> DocumentList:
     return DocumentList(
         documents=[
             DocumentSummary(id=d.id, title=d.title, source=d.source, passages=counts[d.id])
-            for d in service.documents(index)
+            for d in index.documents.values()
         ]
     )
 

@@ -24,7 +24,7 @@ async def readyz(request: Request, response: Response) -> Readiness:
         ready=True,
         documents=len(service.index.documents),
         passages=len(service.index.passages),
-        model=service.encoder.name,
+        model=service.model,
         reader=service.reader.reader.name if service.reader else None,
         index_problem=service.index_problem,
     )

@@ -86,9 +86,11 @@ def test_an_unexpected_error_is_a_json_500_with_the_request_id(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("/secret/path exploded")
 
-    monkeypatch.setattr(service, "documents", broken)
+    monkeypatch.setattr(service, "ask", broken)
     with TestClient(create_app(settings, service), raise_server_exceptions=False) as client:
-        response = client.get("/v1/documents", headers={"X-Request-ID": "boom-1"})
+        response = client.post(
+            "/v1/ask", json={"question": "what exploded?"}, headers={"X-Request-ID": "boom-1"}
+        )
     assert response.status_code == 500
     assert response.json() == {"detail": "internal error"}
     assert response.headers["x-request-id"] == "boom-1"
