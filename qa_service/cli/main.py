@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -46,6 +47,12 @@ app = typer.Typer(
 )
 
 
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(help="With --ray: host:port of the cluster's head (default: a local one)."),
+]
+
+
 @app.command()
 def index(
     corpus_dir: CorpusOpt = None,
@@ -54,10 +61,7 @@ def index(
     ray: Annotated[
         bool, typer.Option("--ray", help="Index into shards on a Ray cluster (the [ray] extra).")
     ] = False,
-    address: Annotated[
-        str | None,
-        typer.Option(help="With --ray: host:port of the cluster's head (default: a local one)."),
-    ] = None,
+    address: AddressOpt = None,
     shards: Annotated[
         int, typer.Option(min=1, help="With --ray: how many shards to split the index into.")
     ] = 1,
@@ -127,6 +131,14 @@ def serve(
     corpus_dir: CorpusOpt = None,
     index_dir: IndexOpt = None,
     model: ModelOpt = None,
+    ray: Annotated[
+        bool,
+        typer.Option("--ray", help="Serve shards built by `qa index --ray` on Ray Serve."),
+    ] = False,
+    address: AddressOpt = None,
+    replicas: Annotated[
+        int, typer.Option(min=1, help="With --ray: replicas of each shard and of the app.")
+    ] = 1,
 ) -> None:
     """Serve the HTTP API, building the index first if there is none."""
     import uvicorn
@@ -138,6 +150,11 @@ def serve(
         host=host, port=port, corpus_dir=corpus_dir, index_dir=index_dir, model=model
     )
     configure_logging(json_lines=settings.log_json)
+    if ray:
+        _serve_on_ray(settings, address, replicas)
+        return
+    if address is not None or replicas != 1:
+        fail("--address and --replicas go with --ray")
     _limit_malloc_arenas()
     service = load_service(settings, owner=True)
     out.print(
@@ -152,6 +169,22 @@ def serve(
         access_log=False,
         log_config=None,
     )
+
+
+def _serve_on_ray(settings: Settings, address: str | None, replicas: int) -> None:
+    from qa_service.distributed import serving
+
+    with user_errors():
+        layout = serving.start(settings, address, replicas)
+    out.print(
+        f"Serving {layout.count} shards with {replicas} replica(s) each on Ray Serve at "
+        f"http://{settings.host}:{settings.port} (ready once /readyz says so); Ctrl-C stops it."
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serving.stop()
 
 
 @app.command()

@@ -1,5 +1,6 @@
 """A real Ray cluster of two nodes on this machine, as `ray start` makes one: a head and a
-worker, each its own raylet with one CPU, on the loopback address."""
+worker, each its own raylet with two CPUs (to Ray: this machine has two in all), on the
+loopback address."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def ray_cluster() -> Iterator[str]:
     `ray start` in the foreground, so stopping it stops that node's processes and no other
     Ray on the machine."""
     port = _free_port()
-    node = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats", "--block"]
+    node = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats", "--block"]
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     head = subprocess.Popen(
         [*RAY, "--head", f"--port={port}", "--include-dashboard=false", *node], **quiet

@@ -1,0 +1,213 @@
+"""`qa serve --ray` on a real two-node Ray cluster: the HTTP API on Ray Serve answers as the
+service over the same shards in one process (which answers as one index: test_service.py), and
+goes on answering, every request, while shard and encoder replicas are killed; Serve replaces
+them without a restart."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from embeddings import MINILM_MODEL, Encoder
+from qa_service.api.schemas import AskResponse
+from qa_service.cli import app
+from qa_service.config import Settings
+from qa_service.distributed import serving
+from qa_service.distributed.cluster import connect
+from qa_service.distributed.indexing import build_shards
+from qa_service.distributed.service import ShardedService
+from qa_service.errors import ClusterError
+from qa_service.index.shards import ShardLayout
+from qa_service.index.store import load_index
+from qa_service.query.sharded import ShardSearcher
+from tests.qa_service.conftest import free_port
+from tests.qa_service.distributed.test_service import assert_same, response
+from tests.qa_service.query.test_sharded import OFF_TOPIC
+
+pytestmark = pytest.mark.slow
+
+READY_SECONDS = 240
+REPLICAS = 2
+CLIENTS = 4
+
+
+@pytest.fixture(scope="module")
+def sharded_settings(
+    ray_cluster: str, corpus_copy: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    index_dir = tmp_path_factory.mktemp("sharded") / "idx"
+    settings = Settings(
+        corpus_dir=corpus_copy, index_dir=index_dir, model=MINILM_MODEL, encoder_backend="torch",
+        host="127.0.0.1", port=free_port(),
+    )  # fmt: skip
+    build_shards(settings, 2, ray_cluster)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def url(ray_cluster: str, sharded_settings: Settings) -> Iterator[str]:
+    # Both nodes are this machine: one HTTP proxy, on the head, or they would share the port.
+    serving.start(sharded_settings, ray_cluster, REPLICAS, proxy_location="HeadOnly")
+    url = f"http://{sharded_settings.host}:{sharded_settings.port}"
+    deadline = time.monotonic() + READY_SECONDS
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the app on Ray Serve did not become ready"
+        time.sleep(0.5)
+    yield url
+    from ray import serve
+
+    serving.stop()
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def in_process(sharded_settings: Settings, encoder: Encoder) -> ShardedService:
+    """The same shards and model, in this process."""
+    index_dir = sharded_settings.index_dir
+    folders = ShardLayout.read(index_dir).folders(index_dir)
+    shards = [ShardSearcher(load_index(f)) for f in folders]
+    return ShardedService(shards, encoder.encode_queries, None, sharded_settings.top_k)
+
+
+def _questions(dev_questions: list[dict[str, Any]]) -> list[str]:
+    return [q["question"] for q in dev_questions][:12] + OFF_TOPIC
+
+
+def _ask(url: str, question: str) -> dict[str, Any]:
+    found = httpx.post(f"{url}/v1/ask", json={"question": question}, timeout=60)
+    assert found.status_code == 200, found.text
+    return AskResponse.model_validate(found.json()).model_dump()
+
+
+def _without_time(answer: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in answer.items() if k != "took_ms"}
+
+
+def test_the_api_on_ray_serve_answers_as_the_shards_do_in_process(
+    url: str, in_process: ShardedService, dev_questions: list[dict[str, Any]]
+) -> None:
+    for question in _questions(dev_questions):
+        assert_same(_without_time(_ask(url, question)),
+                    _without_time(response(in_process.ask(question))))  # fmt: skip
+    ready = httpx.get(f"{url}/readyz").json()
+    assert ready["documents"] == len(in_process.index.documents) == 5
+    assert ready["passages"] == len(in_process.index.passages)
+    listed = httpx.get(f"{url}/v1/documents").json()["documents"]
+    assert {d["id"] for d in listed} == set(in_process.index.documents)
+    some = listed[0]["id"]
+    document = httpx.get(f"{url}/v1/documents/{some}").json()
+    assert document["text"] == in_process.index.documents[some].text
+    assert httpx.get(f"{url}/v1/ask", timeout=10).status_code == 405
+    bad = httpx.post(f"{url}/v1/ask", json={"question": ""}, timeout=10)
+    assert bad.status_code == 422
+
+
+def _replicas(deployment: str) -> list[Any]:
+    ray = connect(None)
+    names = [
+        a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(f"SERVE_REPLICA::{serving.APP_NAME}#{deployment}#")
+    ]  # fmt: skip
+    return [ray.get_actor(name, namespace="serve") for name in names]
+
+
+def test_killed_replicas_lose_no_request_and_come_back(
+    url: str, in_process: ShardedService, dev_questions: list[dict[str, Any]]
+) -> None:
+    questions = _questions(dev_questions)
+    expected = {q: _without_time(response(in_process.ask(q))) for q in questions}
+    answered: list[tuple[str, dict[str, Any]]] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def load(first: int) -> None:
+        while not stop.is_set():
+            for question in questions[first:] + questions[:first]:
+                try:
+                    answered.append((question, _without_time(_ask(url, question))))
+                except BaseException as exc:
+                    failures.append(exc)
+
+    # Several clients at once, so that requests are under way on the replicas that die.
+    clients = [threading.Thread(target=load, args=(n * 3,)) for n in range(CLIENTS)]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(2)
+        ray = connect(None)
+        for deployment in ("shard-000", "QuestionEncoder"):
+            replicas = _replicas(deployment)
+            assert len(replicas) == REPLICAS
+            ray.kill(replicas[0], no_restart=True)
+            time.sleep(3)
+        deadline = time.monotonic() + READY_SECONDS
+        while (
+            len(_replicas("shard-000")) < REPLICAS or len(_replicas("QuestionEncoder")) < REPLICAS
+        ):
+            assert time.monotonic() < deadline, "Serve did not replace the killed replicas"
+            time.sleep(1)
+        before = len(answered)
+        while len(answered) < before + len(questions):  # a round on the new replicas
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join()
+    assert not failures, failures[:3]
+    for question, answer in answered:
+        assert_same(answer, expected[question])
+
+
+def test_serving_what_is_not_a_shard_layout_is_refused(settings: Settings) -> None:
+    with pytest.raises(Exception, match="no sharded index"):
+        serving.check_servable(settings)
+    with pytest.raises(ClusterError, match="QA_READER=false"):
+        serving.check_servable(settings.model_copy(update={"reader": True}))
+
+
+def test_a_call_a_dying_actor_dropped_is_sent_again(ray_cluster: str, tmp_path: Path) -> None:
+    """`retried` on a real actor that dies in the middle of its first call; Ray restarts it."""
+    ray = connect(ray_cluster)
+    marker = tmp_path / "died-once"
+
+    @ray.remote(max_restarts=2, max_task_retries=0, num_cpus=0)
+    class DiesOnce:
+        def ask(self) -> str:
+            if not marker.exists():
+                marker.touch()
+                os._exit(1)
+            return "answered"
+
+    actor = DiesOnce.remote()
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(
+            actor.ask.remote()
+        )  # the call the death dropped, as a caller without retries sees it
+    marker.unlink()
+    assert serving.retried(lambda: ray.get(actor.ask.remote())) == "answered"
+    assert marker.exists()  # it died once more, and was asked again
+    ray.kill(actor)
+
+
+def test_qa_serve_ray_options_and_what_it_refuses(tmp_path: Path, corpus_copy: Path) -> None:
+    result = CliRunner().invoke(app, ["serve", "--replicas", "2"])
+    assert result.exit_code == 2
+    assert "--address and --replicas go with --ray" in result.output
+    flags = ["--index-dir", str(tmp_path / "idx"), "--corpus-dir", str(corpus_copy)]
+    result = CliRunner().invoke(app, ["serve", "--ray", *flags])
+    assert result.exit_code != 0
+    assert "qa index --ray --shards N" in result.output  # refused before any Ray starts
