@@ -17,24 +17,36 @@ this process (the merge's own cost; the shards are not remote here).
 `qa index --ray` (`build_shards`) into N shards: passages per second and the ratio. Without
 `--address` a local Ray is started with this machine's cores.
 
-Not measured yet: questions per second at 16 clients over a Ray Serve deployment, which does not
-exist yet (docs/scaling.md).
+`serve`: the default corpus served by `qa serve` (one process) and by `qa serve --ray` over N
+shards (a local Ray head started with 8 logical CPUs, so that every replica is placed; they share
+this machine's cores), both with all-MiniLM-L6-v2 on ONNX: the share of the seed questions whose
+top 10 over HTTP is identical, the p50 of one client's questions, and questions/s at 16 clients
+(aiohttp, from this process), each as a ratio to the one process's in the same run.
+
+    python benchmarks/ray_scale.py serve [--shards 1 2 4] [--seconds 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import itertools
+import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+os.environ["RAY_AUTH_MODE"] = "disabled"  # the local head below is on loopback, for this run
 
 from embeddings import MINILM_MODEL, Encoder, VectorIndex, load_encoder  # noqa: E402
 from embeddings.index import IndexConfig  # noqa: E402
@@ -175,9 +187,137 @@ def build(shard_counts: list[int], address: str | None, workers: int) -> None:
                   f"{rate / base:.2f}x)")  # fmt: skip
 
 
+async def _drive(
+    url: str, questions: list[str], clients: int, seconds: float
+) -> tuple[float, float]:
+    """Questions/s and p50 (ms) of `clients` asking in turn for `seconds`."""
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + seconds
+    asked = itertools.cycle(questions)
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            async with session.post("/v1/ask", json={"question": next(asked)}) as response:
+                await response.read()
+            if response.status == 200:
+                latencies.append((time.perf_counter() - started) * 1000)
+            else:
+                errors += 1
+
+    began = time.monotonic()
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(url, connector=connector) as session:
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+    if errors:
+        print(f"    {errors} requests failed")
+    return len(latencies) / (time.monotonic() - began), statistics.median(latencies)
+
+
+def _top10(url: str, questions: list[str]) -> list[list[tuple[str, int, int]]]:
+    tops = []
+    for question in questions:
+        found = httpx.post(f"{url}/v1/ask", json={"question": question, "top_k": K}, timeout=60)
+        found.raise_for_status()
+        tops.append([(p["document_id"], p["start"], p["end"]) for p in found.json()["passages"]])
+    return tops
+
+
+def _measure(name: str, url: str, questions: list[str], seconds: float,
+             base: tuple[float, float] | None) -> tuple[float, float]:  # fmt: skip
+    asyncio.run(_drive(url, questions, 4, 3))  # warm
+    _, p50 = asyncio.run(_drive(url, questions, 1, seconds))
+    rate, _ = asyncio.run(_drive(url, questions, 16, seconds))
+    ratio = f" ({p50 / base[1]:.2f}x, {rate / base[0]:.2f}x)" if base else ""
+    print(f"{name}: p50 one client {p50:.1f} ms, {rate:.1f} questions/s at 16 clients{ratio}")
+    return rate, p50
+
+
+def serve_benchmark(shard_counts: list[int], seconds: float) -> None:
+    from _server import SHARED_EVAL, read_questions, start_server
+
+    from qa_service.distributed import serving
+    from qa_service.distributed.indexing import build_shards
+
+    questions = read_questions(SHARED_EVAL / "seed_dev_questions.jsonl",
+                               ROOT / "eval" / "seed_extra_questions.jsonl")  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        minilm = {"QA_MODEL": MINILM_MODEL, "QA_ENCODER_BACKEND": "onnx"}
+        process, url = start_server(ROOT / "corpus", Path(folder) / "single", minilm)
+        try:
+            single = _top10(url, questions)
+            base = _measure("one process", url, questions, seconds, None)
+        finally:
+            process.terminate()
+            process.wait()
+        head, address = _ray_head()
+        port = _free_port()  # Serve's proxy keeps the port it started with
+        try:
+            for count in shard_counts:
+                settings = Settings(
+                    corpus_dir=ROOT / "corpus", index_dir=Path(folder) / f"s{count}",
+                    model=MINILM_MODEL, encoder_backend="onnx", host="127.0.0.1", port=port,
+                )  # fmt: skip
+                build_shards(settings, count, address)
+                serving.start(settings, address, 1, proxy_location="HeadOnly")
+                url = f"http://127.0.0.1:{settings.port}"
+                _wait_ready(url)
+                same = sum(a == b for a, b in zip(_top10(url, questions), single, strict=True))
+                print(f"\n{count} shard(s): identical top {K} {same}/{len(questions)}")
+                _measure(f"Ray Serve, {count} shard(s)", url, questions, seconds, base)
+                serving.stop()
+        finally:
+            head.terminate()
+            head.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} did not become ready")
+
+
+def _ray_head() -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    head = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
+         "--node-ip-address=127.0.0.1", "--num-cpus=8", "--include-dashboard=false",
+         "--disable-usage-stats", "--block"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return head, address
+        except OSError:
+            if time.monotonic() > deadline or head.poll() is not None:
+                raise SystemExit("the Ray head did not start") from None
+            time.sleep(0.2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=["exactness", "build"])
+    parser.add_argument("part", choices=["exactness", "build", "serve"])
+    parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--passages", type=int, default=200_000)
     parser.add_argument("--shards", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--address", default=None)
@@ -185,8 +325,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.part == "exactness":
         exactness(args.passages, args.shards)
-    else:
+    elif args.part == "build":
         build(args.shards, args.address, args.workers)
+    else:
+        serve_benchmark(args.shards, args.seconds)
 
 
 if __name__ == "__main__":

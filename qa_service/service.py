@@ -25,7 +25,7 @@ from embeddings.factory import recorded_backend
 from embeddings.reader import Reader
 from qa_service.config import DEFAULT_MODEL, Settings
 from qa_service.corpus.chunking import PassageSplitter, Span
-from qa_service.corpus.documents import Document
+from qa_service.corpus.documents import Document, DocumentHead
 from qa_service.errors import (
     DocumentNotFoundError,
     IndexBusyError,
@@ -103,8 +103,9 @@ class Snapshot:
 class TimedAnswer:
     answer: Answer
     took_ms: float
-    # Documents the answer cites, of the index it came from: a write after it cannot remove them.
-    documents: Mapping[str, Document]
+    # Documents the answer cites (at least), of the index it came from: a write after it
+    # cannot remove them.
+    documents: Mapping[str, Document | DocumentHead]
 
 
 def configured_model(settings: Settings) -> tuple[str, EncoderBackend]:
@@ -217,7 +218,9 @@ class AnsweringService(ABC):
         """What one call answers from, taken once: it sees the collection before or after a
         write, never a mix."""
 
-    def _cited(self, catalogue: Catalogue, answers: Sequence[Answer]) -> Mapping[str, Document]:
+    def _cited(
+        self, catalogue: Catalogue, answers: Sequence[Answer]
+    ) -> Mapping[str, Document | DocumentHead]:
         """The documents the answers cite (at least)."""
         return catalogue.documents
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Self
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from qa_service.corpus.documents import Document
+from qa_service.corpus.documents import Document, DocumentHead
 from qa_service.models import Mode
 from qa_service.query.answering import Answer
 from qa_service.query.conversation import Role, Turn
@@ -338,7 +338,9 @@ class AskResponse(BaseModel):
     took_ms: float
 
     @classmethod
-    def from_answer(cls, answer: Answer, documents: Mapping[str, Document], took_ms: float) -> Self:
+    def from_answer(
+        cls, answer: Answer, documents: Mapping[str, Document | DocumentHead], took_ms: float
+    ) -> Self:
         passages = []
         for ranked in answer.passages:
             p = ranked.hit.passage
@@ -365,13 +367,13 @@ class AskResponse(BaseModel):
         return cls(
             question=answer.question,
             answerable=answer.answerable,
-            answer=_answer_out(answer, documents),
+            answer=_answer_out(answer),
             passages=passages,
             took_ms=round(took_ms, 3),
         )
 
 
-def _answer_out(answer: Answer, documents: Mapping[str, Document]) -> AnswerOut | None:
+def _answer_out(answer: Answer) -> AnswerOut | None:
     if answer.answer_rank is None:
         return None
     ranked = answer.passages[answer.answer_rank - 1]
@@ -379,12 +381,13 @@ def _answer_out(answer: Answer, documents: Mapping[str, Document]) -> AnswerOut 
     if sentence is None:
         return None
     start, end = answer.span or (sentence.start, sentence.end)
-    text = documents[passage.document_id].text
-    a, b = passage.start + start, passage.start + end
-    s, e = passage.start + sentence.start, passage.start + sentence.end
+    # Offsets inside the passage, whose text is the document's from its start to its end.
+    text, at = passage.text, passage.start
     return AnswerOut(
-        text=text[a:b], start=a, end=b, document_id=passage.document_id,
-        passage_rank=ranked.rank, sentence=SentenceOut(text=text[s:e], start=s, end=e),
+        text=text[start:end], start=at + start, end=at + end, document_id=passage.document_id,
+        passage_rank=ranked.rank,
+        sentence=SentenceOut(text=text[sentence.start : sentence.end], start=at + sentence.start,
+                             end=at + sentence.end),
         confidence=_round(answer.confidence),
     )  # fmt: skip
 

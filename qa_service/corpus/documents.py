@@ -44,6 +44,16 @@ class Document:
 
 
 @dataclass(frozen=True)
+class DocumentHead:
+    """What a citation names of a document besides its passage: a service over shards fetches
+    this much for an answer, not the whole text."""
+
+    id: str
+    title: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
 class LoadedText:
     text: str
     title: str | None = None  # found in the text (HTML title, Markdown heading): a fallback

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from qa_service.corpus.acronyms import Acronyms
-from qa_service.corpus.documents import Document
+from qa_service.corpus.documents import Document, DocumentHead
 from qa_service.models import Mode
 from qa_service.query.answering import Answer
 from qa_service.query.pipeline import Encode, QueryPipeline
@@ -45,27 +45,45 @@ class ShardedService(AnsweringService):
         max_wait: float | None = None,
     ) -> None:
         """`encode` is the question encoder of the model the shards were built with."""
-        retriever = ShardedRetriever(shards, dense_weight)
-        super().__init__(retriever.model, encode, min_score, top_k, mode, max_wait, None)
+        if not shards:
+            raise ValueError("at least one shard")
+        model = shards[0].manifest.model
+        super().__init__(model, encode, min_score, top_k, mode, max_wait, None)
+        self.shards = list(shards)
+        self.dense_weight = dense_weight
+        self._live = self._load()
+
+    def _load(self, previous: QueryPipeline | None = None) -> tuple[ShardCatalogue, QueryPipeline]:
+        """The statistics, catalogue, acronyms and lexicon of the shards as they are now; the
+        words `previous`'s lexicon holds are not encoded again."""
+        retriever = ShardedRetriever(self.shards, self.dense_weight)
         definitions = retriever.each(lambda s: s.acronyms())
         acronyms = Acronyms.from_definitions(d for shard in definitions for d in shard)
 
         def words() -> Counter[str]:
             return sum(retriever.each(lambda s: s.word_counts()), Counter[str]())
 
-        self._catalogue = retriever.catalogue
-        self._pipeline = QueryPipeline(
-            retriever, ShardedAnswers(retriever), acronyms, retriever.model, words, self._encode
-        )
+        pipeline = QueryPipeline(
+            retriever, ShardedAnswers(retriever), acronyms, retriever.model, words, self._encode,
+            previous,
+        )  # fmt: skip
+        return retriever.catalogue, pipeline
+
+    def reload(self) -> None:
+        """Take up what changed in the shards (a write): questions asked meanwhile are
+        answered from the shards as they were."""
+        self._live = self._load(self._live[1])
 
     @property
     def index(self) -> ShardCatalogue:
-        return self._catalogue
+        return self._live[0]
 
     def _snapshot(self) -> tuple[ShardCatalogue, QueryPipeline]:
-        return self._catalogue, self._pipeline
+        return self._live
 
-    def _cited(self, catalogue: Catalogue, answers: Sequence[Answer]) -> Mapping[str, Document]:
-        """Fetched from their shards, one call per shard."""
-        ids = (p.hit.passage.document_id for a in answers for p in a.passages)
-        return {doc_id: found[0] for doc_id, found in self._catalogue.fetch(ids).items()}
+    def _cited(
+        self, catalogue: Catalogue, answers: Sequence[Answer]
+    ) -> Mapping[str, Document | DocumentHead]:
+        """Their titles and sources, fetched from their shards (one call per shard)."""
+        assert isinstance(catalogue, ShardCatalogue)
+        return catalogue.heads(p.hit.passage.document_id for a in answers for p in a.passages)

@@ -21,10 +21,11 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -33,13 +34,18 @@ from embeddings.factory import recorded_backend
 from qa_service.config import Settings
 from qa_service.distributed.cluster import connect, import_ray
 from qa_service.distributed.service import ShardedService
-from qa_service.errors import ClusterError
+from qa_service.errors import ClusterError, DocumentNotFoundError, IndexBusyError
+from qa_service.index.build import IndexSpec
 from qa_service.index.shard_lexical import TermStatistics
-from qa_service.index.shards import ShardLayout
-from qa_service.index.store import Manifest, load_index
-from qa_service.query.sharded import ShardSearcher
+from qa_service.index.shards import ShardLayout, shard_of
+from qa_service.index.store import Manifest, current_generation_name, index_lock, load_index
+from qa_service.index.writes import DocumentUpdater, NewDocument, WriteMode, WriteResult
+from qa_service.query.pipeline import Encode, QueryPipeline
+from qa_service.query.sharded import ShardCatalogue, ShardSearcher
+from qa_service.service import WRITE_LOCK_TIMEOUT, make_splitter
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 APP_NAME = "qa"
 # CPUs Ray reserves per replica: a shard's searches are short and its replicas many; the model
@@ -50,13 +56,16 @@ INGRESS_CPUS = 0.0
 # Questions of concurrent requests encoded in one model call, and how long the first waits for
 # others (the in-process service batches the same way: embeddings/batching.py).
 ENCODE_BATCH = 32
-ENCODE_WAIT_SECONDS = 0.005
+ENCODE_WAIT_SECONDS = 0.001
+# Requests a replica takes at once (Serve's default, 5, queued most of 16 clients' questions:
+# a question makes several short calls to each shard).
+MAX_ONGOING = 64
 # Waits before each new attempt at a call a dying replica dropped: Serve needs a moment to route
 # around it, and some seconds to start another.
 RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 4.0, 8.0)
 # What a shard replica answers: `query.sharded.Shard`'s calls.
 SHARD_CALLS = frozenset({
-    "stats", "highest_weight", "term_maxima", "find", "score", "sentences", "documents",
+    "stats", "highest_weight", "term_maxima", "find", "score", "sentences", "documents", "heads",
     "passage_counts", "word_counts", "acronyms",
 })  # fmt: skip
 
@@ -69,22 +78,99 @@ class StatsRef:
     ref: list[Any]
 
 
-class ShardReplica:
-    """One shard, loaded from the shared file system."""
+@dataclass(frozen=True)
+class ShardState:
+    """Which generation of its folder a shard replica serves, and what it holds."""
 
-    def __init__(self, folder: str, settings: Settings) -> None:
-        self.searcher = ShardSearcher(load_index(Path(folder), settings.index_config()))
+    generation: str | None
+    passages: int
+    manifest: Manifest
+
+
+class ShardReplica:
+    """One shard, loaded from its folder on the shared file system; it takes the writes to its
+    documents, as `qa serve` does for one index (index/writes.py)."""
+
+    def __init__(
+        self, folder: str, settings: Settings, model: str, backend: EncoderBackend
+    ) -> None:
+        self.folder = Path(folder)
+        self._settings = settings
+        self._model = (model, backend)
+        self._searcher = ShardSearcher(load_index(self.folder, settings.index_config()))
         self._stats: dict[str, TermStatistics] = {}  # by object ref, the latest few
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # this replica's writers; `index_lock` across them
+        self._updater: DocumentUpdater | None = None
 
-    def describe(self) -> tuple[int, Manifest]:
-        return self.searcher.passages, self.searcher.manifest
+    def state(self, generation: str | None = None) -> ShardState:
+        """What it serves, once it serves `generation` or a later one (None: as it is)."""
+        if generation is not None and generation != self._searcher.index.generation:
+            self._catch_up()
+        searcher = self._searcher
+        return ShardState(searcher.index.generation, searcher.passages, searcher.manifest)
 
-    def call(self, method: str, args: tuple[Any, ...]) -> Any:
+    def call(self, method: str, args: tuple[Any, ...], generation: str | None) -> Any:
+        """A `Shard` call, answered from `generation` or a later one: a write through another
+        replica is taken up from the folder first."""
         if method not in SHARD_CALLS:
             raise ValueError(f"a shard does not answer {method!r}")
+        if generation != self._searcher.index.generation:
+            self._catch_up()
         resolved = [self._resolve(a) if isinstance(a, StatsRef) else a for a in args]
-        return getattr(self.searcher, method)(*resolved)
+        return getattr(self._searcher, method)(*resolved)
+
+    def write(
+        self, items: list[tuple[str, NewDocument]], mode: WriteMode
+    ) -> tuple[ShardState, list[WriteResult]]:
+        """Durable in the folder (a new current generation) before it returns."""
+        updater = self._writer()
+        prepared = updater.prepare(self._searcher.index, items, mode)  # the slow part, unlocked
+        with self._writing():
+            data, results = updater.commit(self._searcher.index, prepared, mode)
+            self._searcher = ShardSearcher(data)
+        return self.state(), results
+
+    def remove(self, ids: list[str]) -> ShardState:
+        updater = self._writer()
+        with self._writing():
+            self._searcher = ShardSearcher(updater.remove(self._searcher.index, ids))
+        return self.state()
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        if not self._write_lock.acquire(timeout=WRITE_LOCK_TIMEOUT):
+            raise IndexBusyError("another write is in progress; try again shortly")
+        try:
+            with index_lock(self.folder, timeout=WRITE_LOCK_TIMEOUT):
+                self._catch_up()
+                yield
+        finally:
+            self._write_lock.release()
+
+    def _catch_up(self) -> None:
+        """Serve the folder's current generation, if another replica made a newer one."""
+        with self._lock:
+            if current_generation_name(self.folder) != self._searcher.index.generation:
+                index = load_index(self.folder, self._settings.index_config())
+                self._searcher = ShardSearcher(index)
+
+    def _writer(self) -> DocumentUpdater:
+        """The model is loaded at the first write: a shard that is only read never needs it."""
+        if self._updater is None:
+            settings = self._settings
+            if not self._searcher.manifest.corpus_files:
+                raise ClusterError(
+                    f"shard {self.folder} does not record its corpus files; rebuild the shards "
+                    "with `qa index --ray --shards N`"
+                )
+            model, backend = self._model
+            encoder = load_encoder(model, backend, settings.index_dir / "models")
+            self._updater = DocumentUpdater(IndexSpec(
+                settings.corpus_dir, self.folder, encoder, make_splitter(settings, encoder),
+                settings.batch_size, settings.index_config(),
+            ))  # fmt: skip
+        return self._updater
 
     def _resolve(self, stats: StatsRef) -> TermStatistics:
         [ref] = stats.ref
@@ -139,12 +225,22 @@ def retried(call: Callable[[], Any]) -> Any:
 
 class RemoteShard:
     """A `query.sharded.Shard` whose calls go to a shard's deployment (`retried` if its
-    replica dies)."""
+    replica dies), each asking for the generation this side last saw or wrote, so that no
+    replica answers from an older one."""
 
-    def __init__(self, handle: Any, published: Published) -> None:
+    def __init__(self, handle: Any, folder: Path, published: Published) -> None:
         self._handle = handle
+        self.folder = folder
         self._published = published
-        self.passages, self.manifest = retried(lambda: handle.describe.remote().result())
+        self.state: ShardState = retried(lambda: handle.state.remote().result())
+
+    @property
+    def passages(self) -> int:
+        return self.state.passages
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.state.manifest
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
         if method not in SHARD_CALLS:
@@ -154,9 +250,43 @@ class RemoteShard:
             sent = tuple(
                 self._published.ref(a) if isinstance(a, TermStatistics) else a for a in args
             )
-            return retried(lambda: self._handle.call.remote(method, sent).result())
+            generation = self.state.generation
+            return retried(lambda: self._handle.call.remote(method, sent, generation).result())
 
         return call
+
+    def write(self, items: list[tuple[str, NewDocument]], mode: WriteMode) -> list[WriteResult]:
+        """Not sent again if the replica dies: whether it was written is then unknown."""
+        results: list[WriteResult]
+        self.state, results = _once(lambda: self._handle.write.remote(items, mode).result())
+        return results
+
+    def remove(self, ids: list[str]) -> None:
+        self.state = _once(lambda: self._handle.remove.remote(ids).result())
+
+    def changed(self) -> bool:
+        """Whether the folder's current generation is not the one this side last saw."""
+        return current_generation_name(self.folder) not in (None, self.state.generation)
+
+    def refresh(self) -> bool:
+        """Take up a generation another ingress wrote; true if there was one."""
+        current = current_generation_name(self.folder)
+        if current in (None, self.state.generation):
+            return False
+        self.state = retried(lambda: self._handle.state.remote(current).result())
+        return True
+
+
+def _once(call: Callable[[], Any]) -> Any:
+    from ray.exceptions import RayActorError
+
+    try:
+        return call()
+    except RayActorError as exc:
+        raise ClusterError(
+            f"the shard's replica failed during the write ({exc}); it may or may not have been "
+            "written: look the document up, then send it again"
+        ) from exc
 
 
 class Published:
@@ -173,29 +303,86 @@ class Published:
             return self._latest[1]
 
 
+class ClusterService(ShardedService):
+    """The ingress's service: each write goes to the shard that owns its document (`shard_of`),
+    and is acknowledged once that shard's new generation is durable and this service answers
+    from it. Other ingress replicas take it up within QA_INDEX_CHECK_SECONDS (`refresh`)."""
+
+    def __init__(self, shards: list[RemoteShard], encode: Encode, settings: Settings) -> None:
+        super().__init__(
+            shards, encode, settings.min_score, settings.top_k, settings.mode,
+            settings.dense_weight, settings.max_wait_seconds,
+        )  # fmt: skip
+        self._remote = shards
+        self._writes = threading.Lock()  # a write and the reload after it, one at a time
+
+    def add_documents(
+        self, items: Sequence[tuple[str, NewDocument]], mode: WriteMode = "create"
+    ) -> list[WriteResult]:
+        written: dict[str, WriteResult] = {}
+        with self._writes:
+            for n, mine in self._by_shard(items, lambda item: item[0]).items():
+                for result in self._remote[n].write(mine, mode):
+                    written[result.document.id] = result
+            self.reload()
+        return [written[doc_id] for doc_id, _ in items]
+
+    def remove_documents(self, ids: Sequence[str]) -> None:
+        for doc_id in ids:
+            if doc_id not in self.index.documents:
+                raise DocumentNotFoundError(doc_id)
+        with self._writes:
+            for n, mine in self._by_shard(ids, lambda doc_id: doc_id).items():
+                self._remote[n].remove(mine)
+            self.reload()
+
+    def _snapshot(self) -> tuple[ShardCatalogue, QueryPipeline]:
+        """Every question first looks whether a shard has a newer generation (one readlink per
+        shard): a write acknowledged by another ingress replica is then searchable here too."""
+        if any(shard.changed() for shard in self._remote):
+            self.refresh()
+        return super()._snapshot()
+
+    def refresh(self) -> bool:
+        with self._writes:
+            changed = [shard.refresh() for shard in self._remote]
+            if any(changed):
+                self.reload()
+        return any(changed)
+
+    def _by_shard(self, items: Sequence[T], key: Callable[[T], str]) -> dict[int, list[T]]:
+        groups: dict[int, list[T]] = {}
+        for item in items:
+            groups.setdefault(shard_of(key(item), len(self._remote)), []).append(item)
+        return groups
+
+
 class Ingress:
     """The FastAPI app of `qa serve`, over the shards' deployments."""
 
-    def __init__(self, settings: Settings, shards: list[Any], encoder: Any) -> None:
+    def __init__(
+        self, settings: Settings, folders: list[str], shards: list[Any], encoder: Any
+    ) -> None:
         self.settings = settings
+        self._folders = folders
         self._shards = shards
         self._encoder = encoder
 
-    def _service(self) -> ShardedService:
+    def _service(self) -> ClusterService:
         """Made once the app is up, in a thread (its calls to the shards block): /readyz is
         false until then, as when `qa serve` loads its index."""
-        settings, handles, encoder = self.settings, self._shards, self._encoder
         published = Published()
-        shards = [RemoteShard(h, published) for h in handles]
+        shards = [
+            RemoteShard(handle, Path(folder), published)
+            for handle, folder in zip(self._shards, self._folders, strict=True)
+        ]
+        encoder = self._encoder
 
         def encode(texts: Sequence[str]) -> Vectors:
             result: Vectors = retried(lambda: encoder.encode.remote(list(texts)).result())
             return result
 
-        return ShardedService(
-            shards, encode, settings.min_score, settings.top_k, settings.mode,
-            settings.dense_weight, settings.max_wait_seconds,
-        )  # fmt: skip
+        return ClusterService(shards, encode, self.settings)
 
     def __serve_build_asgi_app__(self) -> Any:
         from qa_service.api import create_app
@@ -230,17 +417,21 @@ def start(
     from ray import serve
 
     def deployment(cls: type, cpus: float) -> Any:
-        return serve.deployment(num_replicas=replicas, ray_actor_options={"num_cpus": cpus})(cls)
+        return serve.deployment(
+            num_replicas=replicas, max_ongoing_requests=MAX_ONGOING,
+            ray_actor_options={"num_cpus": cpus},
+        )(cls)  # fmt: skip
 
     shard = deployment(ShardReplica, SHARD_CPUS)
     encoder = deployment(QuestionEncoder, ENCODER_CPUS)
     ingress = deployment(serve.ingress()(Ingress), INGRESS_CPUS)
+    folders = [str(folder) for folder in layout.folders(settings.index_dir)]
     shards = [
-        shard.options(name=f"shard-{n:03d}").bind(str(folder), settings)
-        for n, folder in enumerate(layout.folders(settings.index_dir))
+        shard.options(name=f"shard-{n:03d}").bind(folder, settings, model, backend)
+        for n, folder in enumerate(folders)
     ]
     models_dir = str(settings.index_dir / "models")
-    app = ingress.bind(settings, shards, encoder.bind(model, backend, models_dir))
+    app = ingress.bind(settings, folders, shards, encoder.bind(model, backend, models_dir))
     serve.start(
         proxy_location=proxy_location,
         http_options={"host": settings.host, "port": settings.port},

@@ -19,6 +19,7 @@ from qa_service.corpus.fingerprint import (
 )
 from qa_service.index.encode import EmbeddingCache, encode_documents
 from qa_service.index.lexical import Analyzer, LexicalIndex
+from qa_service.index.shard_lexical import TermCounts
 from qa_service.index.store import (
     IndexData,
     new_manifest,
@@ -109,7 +110,7 @@ def update_index(
     acronyms.update((c.document.id, definitions(c.document.text)) for c in chunked)
     old_texts = indexed_texts(data, splitter)
     texts = [old_texts[i] for i in kept] + new.texts
-    terms = terms or TermCache()
+    analysed = (terms or TermCache()).analyse(texts)
     manifest = data.manifest
     fingerprint = manifest.corpus_fingerprint if files is None else fingerprint_of(files)
     return IndexData(
@@ -118,7 +119,7 @@ def update_index(
         acronyms=acronyms,
         passages=passages,
         vectors=data.vectors.updated(np.asarray(kept, dtype=np.int64), new.vectors, index_config),
-        lexical=LexicalIndex.from_terms(terms.analyse(texts)),
+        lexical=LexicalIndex.from_terms(analysed),
         unit_vectors=unit_vectors,
         manifest=new_manifest(
             model=manifest.model,
@@ -130,4 +131,6 @@ def update_index(
             corpus_files=manifest.corpus_files if files is None else dict(files),
         ),
         context_vectors=context_vectors,
+        # A shard keeps its raw term counts, for the whole collection's BM25 (shard_lexical.py).
+        term_counts=None if data.term_counts is None else TermCounts.from_terms(analysed),
     )

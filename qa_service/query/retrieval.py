@@ -122,22 +122,34 @@ def _overlaps(a: Passage, b: Passage) -> bool:
     return a.document_id == b.document_id and a.start < b.end and b.start < a.end
 
 
-def merge_passages(passages: Sequence[Passage], document: Document) -> Passage:
+def merge_passages(passages: Sequence[Passage]) -> Passage:
     """One passage spanning overlapping windows of a document, so that text shared by
-    neighbouring windows is returned once and nothing any of them held is lost."""
+    neighbouring windows is returned once and nothing any of them held is lost.
+
+    Their texts are the document's between their offsets and together cover the whole span,
+    so the merged text is pieced from them: the document itself is not needed (on shards it
+    lives elsewhere)."""
     first = min(passages, key=lambda p: p.ordinal)
     last_ordinal = max(p.ordinal + p.windows - 1 for p in passages)
-    start, end = min(p.start for p in passages), max(p.end for p in passages)
+    ordered = sorted(passages, key=lambda p: (p.start, -p.end))
+    start, end = ordered[0].start, max(p.end for p in passages)
+    pieces, reached = [ordered[0].text], ordered[0].end
+    for passage in ordered[1:]:
+        if passage.start > reached:
+            raise ValueError("the windows to merge leave a gap")
+        if passage.end > reached:
+            pieces.append(passage.text[reached - passage.start :])
+            reached = passage.end
     return Passage(
-        id=f"{document.id}#{first.ordinal}-{last_ordinal}",
-        document_id=document.id,
+        id=f"{first.document_id}#{first.ordinal}-{last_ordinal}",
+        document_id=first.document_id,
         ordinal=first.ordinal,
         start=start,
         end=end,
-        text=document.text[start:end],
+        text="".join(pieces),
         first_unit=min(p.first_unit for p in passages),
         last_unit=max(p.last_unit for p in passages),
-        page=document.page_at(start),
+        page=ordered[0].page,
         windows=last_ordinal - first.ordinal + 1,
     )
 
@@ -415,15 +427,15 @@ def merge_overlaps(
         slots = by_document.setdefault(hit.passage.document_id, [])
         overlapping = [n for n in slots if _overlaps(hit.passage, kept[n].passage)]
         if overlapping:
-            document = documents[hit.passage.document_id]
             others = [kept[n].passage for n in overlapping]
-            merged = merge_passages([hit.passage, *others], document)
+            merged = merge_passages([hit.passage, *others])
             if merged.windows <= MAX_MERGED_WINDOWS:
                 kept[overlapping[0]] = replace(kept[overlapping[0]], passage=merged)
                 for n in overlapping[1:]:
                     merged_away.add(n)
                     slots.remove(n)
                 continue
+            document = documents[hit.passage.document_id]  # rarely needed: fetched here
             trimmed = trim_passage(hit.passage, others, document, units[document.id])
             if trimmed is None:
                 continue

@@ -35,7 +35,7 @@ import numpy.typing as npt
 from embeddings import Vectors
 from qa_service.corpus.acronyms import Definition
 from qa_service.corpus.chunking import Passage, Span
-from qa_service.corpus.documents import Document
+from qa_service.corpus.documents import Document, DocumentHead
 from qa_service.index.lexical import Analyzer
 from qa_service.index.shard_lexical import (
     QueryPlan,
@@ -188,6 +188,11 @@ class ShardSearcher:
         """The documents and their sentence units (KeyError for one the shard does not hold)."""
         return [(self.index.documents[i], self.index.units[i]) for i in ids]
 
+    def heads(self, ids: Sequence[str]) -> list[DocumentHead]:
+        """What citations name of these documents (KeyError for one the shard does not hold)."""
+        documents = self.index.documents
+        return [DocumentHead(i, documents[i].title, documents[i].source) for i in ids]
+
     def passage_counts(self) -> dict[str, int]:
         """Each document's passage count, in the shard's document order."""
         return self.index.passage_counts()
@@ -253,6 +258,7 @@ class Shard(Protocol):
         self, passages: Sequence[Passage], vectors: Vectors, terms: set[str]
     ) -> list[Sentence | None]: ...
     def documents(self, ids: Sequence[str]) -> list[tuple[Document, list[Span]]]: ...
+    def heads(self, ids: Sequence[str]) -> list[DocumentHead]: ...
     def passage_counts(self) -> dict[str, int]: ...
     def word_counts(self) -> Counter[str]: ...
     def acronyms(self) -> list[list[Definition]]: ...
@@ -282,6 +288,8 @@ class ShardedRetriever:
         self.stats = TermStatistics.combine(self.each(lambda s: s.stats()))
         self._unknown = unknown_weight(self.each(lambda s: s.highest_weight(self.stats)))
         self._analyzer = Analyzer()
+        self._plans: dict[str, QueryPlan] = {}
+        self._plans_lock = threading.Lock()
         self.catalogue = ShardCatalogue(self)
 
     @property
@@ -302,10 +310,20 @@ class ShardedRetriever:
         return n, position - int(self._offsets[n])
 
     def plan(self, text: str) -> QueryPlan:
-        """What every shard needs to score `text` with BM25 (`LexicalIndex.query_ids`)."""
+        """What every shard needs to score `text` with BM25 (`LexicalIndex.query_ids`); the
+        recent ones are kept, as a question is planned for its coverage and then searched."""
+        with self._plans_lock:
+            found = self._plans.get(text)
+        if found is not None:
+            return found
         terms = list(dict.fromkeys(self._analyzer.terms(text)))
         maxima = self.each(lambda s: s.term_maxima(terms, self.stats))
-        return plan_query(terms, maxima, self._unknown)
+        plan = plan_query(terms, maxima, self._unknown)
+        with self._plans_lock:
+            while len(self._plans) >= RECENT_PLANS:
+                del self._plans[next(iter(self._plans))]
+            self._plans[text] = plan
+        return plan
 
     def lexical_coverage(self, question: str) -> float:
         """`Retriever.lexical_coverage`, a term counting as indexed if any shard holds it."""
@@ -452,12 +470,19 @@ class ShardCatalogue:
     def fetch(self, ids: Iterable[str]) -> dict[str, tuple[Document, list[Span]]]:
         """The documents with these ids and their sentence units, one call per shard that holds
         some; ids no shard holds are left out."""
+        return self._ask(ids, lambda shard, mine: shard.documents(mine))
+
+    def heads(self, ids: Iterable[str]) -> dict[str, DocumentHead]:
+        """`fetch`, of what citations name: a fraction of the whole texts."""
+        return self._ask(ids, lambda shard, mine: shard.heads(mine))
+
+    def _ask(self, ids: Iterable[str], call: Callable[[Shard, list[str]], list[V]]) -> dict[str, V]:
         by_shard: dict[int, list[str]] = {}
         for doc_id in dict.fromkeys(ids):
             if (n := self.owners.get(doc_id)) is not None:
                 by_shard.setdefault(n, []).append(doc_id)
         shards = self._retriever.shards
-        found = self._retriever.each_of(lambda n: shards[n].documents(by_shard[n]), by_shard)
+        found = self._retriever.each_of(lambda n: call(shards[n], by_shard[n]), by_shard)
         return {doc_id: item for n, items in zip(by_shard, found, strict=True)
                 for doc_id, item in zip(by_shard[n], items, strict=True)}  # fmt: skip
 

@@ -6,6 +6,7 @@ them without a restart."""
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -25,8 +26,8 @@ from qa_service.distributed.cluster import connect
 from qa_service.distributed.indexing import build_shards
 from qa_service.distributed.service import ShardedService
 from qa_service.errors import ClusterError
-from qa_service.index.shards import ShardLayout
-from qa_service.index.store import load_index
+from qa_service.index.shards import ShardLayout, shard_of
+from qa_service.index.store import current_generation_name, load_index
 from qa_service.query.sharded import ShardSearcher
 from tests.qa_service.conftest import free_port
 from tests.qa_service.distributed.test_service import assert_same, response
@@ -35,6 +36,7 @@ from tests.qa_service.query.test_sharded import OFF_TOPIC
 pytestmark = pytest.mark.slow
 
 READY_SECONDS = 240
+KEY = "shard-writer"
 REPLICAS = 2
 CLIENTS = 4
 
@@ -43,10 +45,12 @@ CLIENTS = 4
 def sharded_settings(
     ray_cluster: str, corpus_copy: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    index_dir = tmp_path_factory.mktemp("sharded") / "idx"
+    folder = tmp_path_factory.mktemp("sharded")
+    corpus = folder / "corpus"  # its own: the writes below add to it
+    shutil.copytree(corpus_copy, corpus)
     settings = Settings(
-        corpus_dir=corpus_copy, index_dir=index_dir, model=MINILM_MODEL, encoder_backend="torch",
-        host="127.0.0.1", port=free_port(),
+        corpus_dir=corpus, index_dir=folder / "idx", model=MINILM_MODEL, encoder_backend="torch",
+        host="127.0.0.1", port=free_port(), api_keys=[KEY],
     )  # fmt: skip
     build_shards(settings, 2, ray_cluster)
     return settings
@@ -177,6 +181,60 @@ def test_serving_what_is_not_a_shard_layout_is_refused(settings: Settings) -> No
         serving.check_servable(settings)
     with pytest.raises(ClusterError, match="QA_READER=false"):
         serving.check_servable(settings.model_copy(update={"reader": True}))
+
+
+NEW_TEXT = (
+    "The harbour of Velmora keeps a register of every fishing boat. Since 2019 the register has "
+    "been kept by the harbour master, Ilira Dushku, who inspects the boats each spring."
+)
+NEW_QUESTION = "Who keeps the register of fishing boats in the harbour of Velmora?"
+
+
+def test_writes_go_to_the_owning_shard_and_survive_its_replicas(
+    url: str, sharded_settings: Settings, encoder: Encoder
+) -> None:
+    """Acknowledged means durable and searchable: through whichever ingress replica answers
+    next, after every replica of the owning shard is killed, and as the shards' folders now
+    hold (compared with the shards loaded afresh in this process)."""
+    index_dir = sharded_settings.index_dir
+    layout = ShardLayout.read(index_dir)
+    owner = shard_of("velmora", layout.count)
+    before = [current_generation_name(f) for f in layout.folders(index_dir)]
+    auth = {"Authorization": f"Bearer {KEY}"}
+    body = {"title": "Velmora harbour", "text": NEW_TEXT}
+    assert httpx.put(f"{url}/v1/documents/velmora", json=body, timeout=60).status_code == 401
+    written = httpx.put(f"{url}/v1/documents/velmora", json=body, headers=auth, timeout=120)
+    assert written.status_code == 201, written.text
+    after = [current_generation_name(f) for f in layout.folders(index_dir)]
+    assert [a != b for a, b in zip(after, before, strict=True)] == [
+        n == owner for n in range(layout.count)
+    ]  # a new generation of the owning shard only
+    for _ in range(2 * REPLICAS):  # every ingress replica, whichever the proxy picks
+        answer = _ask(url, NEW_QUESTION)
+        assert answer["answerable"] and answer["answer"]["document_id"] == "velmora"
+        assert "Ilira Dushku" in answer["passages"][0]["text"]
+
+    ray = connect(None)
+    for replica in _replicas(f"shard-{owner:03d}"):
+        ray.kill(replica, no_restart=True)
+    deadline = time.monotonic() + READY_SECONDS
+    while len(_replicas(f"shard-{owner:03d}")) < REPLICAS:
+        assert time.monotonic() < deadline, "Serve did not replace the killed replicas"
+        time.sleep(1)
+    answer = _ask(url, NEW_QUESTION)
+    assert answer["passages"][0]["document_id"] == "velmora"
+    folders = ShardLayout.read(index_dir).folders(index_dir)
+    afresh = ShardedService([ShardSearcher(load_index(f)) for f in folders],
+                            encoder.encode_queries, None, sharded_settings.top_k)  # fmt: skip
+    assert_same(_without_time(answer), _without_time(response(afresh.ask(NEW_QUESTION))))
+
+    removed = httpx.delete(f"{url}/v1/documents/velmora", headers=auth, timeout=60)
+    assert removed.status_code == 204, removed.text
+    assert httpx.get(f"{url}/v1/documents/velmora").status_code == 404
+    answer = _ask(url, NEW_QUESTION)
+    assert all(p["document_id"] != "velmora" for p in answer["passages"])
+    missing = httpx.delete(f"{url}/v1/documents/no-such-document", headers=auth, timeout=60)
+    assert missing.status_code == 404
 
 
 def test_a_call_a_dying_actor_dropped_is_sent_again(ray_cluster: str, tmp_path: Path) -> None:

@@ -56,7 +56,9 @@ def test_overlapping_windows_are_never_returned_twice(service: QAService, mode: 
         for i, a in enumerate(passages):
             for b in passages[i + 1 :]:
                 assert a.document_id != b.document_id or a.end <= b.start or b.end <= a.start
-            assert service.document(a.document_id).text[a.start : a.end] == a.text
+            document = service.document(a.document_id)
+            assert document.text[a.start : a.end] == a.text
+            assert a.page == document.page_at(a.start)
 
 
 def test_merged_neighbours_keep_the_answer(service: QAService) -> None:
