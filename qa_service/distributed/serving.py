@@ -21,6 +21,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,7 +39,13 @@ from qa_service.errors import ClusterError, DocumentNotFoundError, IndexBusyErro
 from qa_service.index.build import IndexSpec
 from qa_service.index.shard_lexical import TermStatistics
 from qa_service.index.shards import ShardLayout, shard_of
-from qa_service.index.store import Manifest, current_generation_name, index_lock, load_index
+from qa_service.index.store import (
+    IndexData,
+    Manifest,
+    current_generation_name,
+    index_lock,
+    load_index,
+)
 from qa_service.index.writes import DocumentUpdater, NewDocument, WriteMode, WriteResult
 from qa_service.query.pipeline import Encode, QueryPipeline
 from qa_service.query.sharded import ShardCatalogue, ShardSearcher
@@ -63,6 +70,9 @@ MAX_ONGOING = 64
 # Waits before each new attempt at a call a dying replica dropped: Serve needs a moment to route
 # around it, and some seconds to start another.
 RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 4.0, 8.0)
+# Generations a shard replica keeps answering from: the latest and the one before, for the
+# questions under way when a write lands.
+HELD_GENERATIONS = 2
 # What a shard replica answers: `query.sharded.Shard`'s calls.
 SHARD_CALLS = frozenset({
     "stats", "highest_weight", "term_maxima", "find", "score", "sentences", "documents", "heads",
@@ -89,7 +99,11 @@ class ShardState:
 
 class ShardReplica:
     """One shard, loaded from its folder on the shared file system; it takes the writes to its
-    documents, as `qa serve` does for one index (index/writes.py)."""
+    documents, as `qa serve` does for one index (index/writes.py).
+
+    It answers each call from the generation the call names: a question under way when a write
+    lands goes on with the statistics and the shard it started with, so the replica keeps the
+    previous generation as well (`HELD_GENERATIONS`)."""
 
     def __init__(
         self, folder: str, settings: Settings, model: str, backend: EncoderBackend
@@ -97,45 +111,66 @@ class ShardReplica:
         self.folder = Path(folder)
         self._settings = settings
         self._model = (model, backend)
-        self._searcher = ShardSearcher(load_index(self.folder, settings.index_config()))
+        self._held: OrderedDict[str | None, ShardSearcher] = OrderedDict()
+        self._serve(load_index(self.folder, settings.index_config()))
         self._stats: dict[str, TermStatistics] = {}  # by object ref, the latest few
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # this replica's writers; `index_lock` across them
         self._updater: DocumentUpdater | None = None
 
+    @property
+    def _latest(self) -> ShardSearcher:
+        return next(reversed(self._held.values()))
+
     def state(self, generation: str | None = None) -> ShardState:
-        """What it serves, once it serves `generation` or a later one (None: as it is)."""
-        if generation is not None and generation != self._searcher.index.generation:
-            self._catch_up()
-        searcher = self._searcher
+        """What it serves: `generation` (taken up from the folder first if needed), or else the
+        latest it holds."""
+        searcher = self._latest if generation is None else self._searcher(generation)
         return ShardState(searcher.index.generation, searcher.passages, searcher.manifest)
 
     def call(self, method: str, args: tuple[Any, ...], generation: str | None) -> Any:
-        """A `Shard` call, answered from `generation` or a later one: a write through another
-        replica is taken up from the folder first."""
+        """A `Shard` call, answered from `generation`."""
         if method not in SHARD_CALLS:
             raise ValueError(f"a shard does not answer {method!r}")
-        if generation != self._searcher.index.generation:
-            self._catch_up()
+        searcher = self._searcher(generation)
         resolved = [self._resolve(a) if isinstance(a, StatsRef) else a for a in args]
-        return getattr(self._searcher, method)(*resolved)
+        return getattr(searcher, method)(*resolved)
 
     def write(
         self, items: list[tuple[str, NewDocument]], mode: WriteMode
     ) -> tuple[ShardState, list[WriteResult]]:
         """Durable in the folder (a new current generation) before it returns."""
         updater = self._writer()
-        prepared = updater.prepare(self._searcher.index, items, mode)  # the slow part, unlocked
+        prepared = updater.prepare(self._latest.index, items, mode)  # the slow part, unlocked
         with self._writing():
-            data, results = updater.commit(self._searcher.index, prepared, mode)
-            self._searcher = ShardSearcher(data)
+            data, results = updater.commit(self._latest.index, prepared, mode)
+            self._serve(data)
         return self.state(), results
 
     def remove(self, ids: list[str]) -> ShardState:
         updater = self._writer()
         with self._writing():
-            self._searcher = ShardSearcher(updater.remove(self._searcher.index, ids))
+            self._serve(updater.remove(self._latest.index, ids))
         return self.state()
+
+    def _serve(self, data: IndexData) -> None:
+        searcher = ShardSearcher(data)
+        self._held[data.generation] = searcher
+        self._held.move_to_end(data.generation)
+        while len(self._held) > HELD_GENERATIONS:
+            self._held.popitem(last=False)
+
+    def _searcher(self, generation: str | None) -> ShardSearcher:
+        found = self._held.get(generation)
+        if found is None:
+            self._catch_up()
+            found = self._held.get(generation)
+        if found is None:
+            raise ClusterError(
+                f"shard {self.folder} no longer holds generation {generation} (written over "
+                "twice since the question started); ask again"
+            )
+        return found
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -149,17 +184,16 @@ class ShardReplica:
             self._write_lock.release()
 
     def _catch_up(self) -> None:
-        """Serve the folder's current generation, if another replica made a newer one."""
+        """Take up the folder's current generation, if another replica made a newer one."""
         with self._lock:
-            if current_generation_name(self.folder) != self._searcher.index.generation:
-                index = load_index(self.folder, self._settings.index_config())
-                self._searcher = ShardSearcher(index)
+            if current_generation_name(self.folder) not in self._held:
+                self._serve(load_index(self.folder, self._settings.index_config()))
 
     def _writer(self) -> DocumentUpdater:
         """The model is loaded at the first write: a shard that is only read never needs it."""
         if self._updater is None:
             settings = self._settings
-            if not self._searcher.manifest.corpus_files:
+            if not self._latest.manifest.corpus_files:
                 raise ClusterError(
                     f"shard {self.folder} does not record its corpus files; rebuild the shards "
                     "with `qa index --ray --shards N`"
@@ -225,14 +259,20 @@ def retried(call: Callable[[], Any]) -> Any:
 
 class RemoteShard:
     """A `query.sharded.Shard` whose calls go to a shard's deployment (`retried` if its
-    replica dies), each asking for the generation this side last saw or wrote, so that no
-    replica answers from an older one."""
+    replica dies), all naming one generation of the shard, so that a question's calls read one
+    state of it, the one its statistics were summed from."""
 
-    def __init__(self, handle: Any, folder: Path, published: Published) -> None:
+    def __init__(
+        self, handle: Any, folder: Path, published: Published, state: ShardState | None = None
+    ) -> None:
         self._handle = handle
         self.folder = folder
         self._published = published
-        self.state: ShardState = retried(lambda: handle.state.remote().result())
+        self.state: ShardState = state or retried(lambda: handle.state.remote().result())
+
+    def at(self, state: ShardState) -> RemoteShard:
+        """The same shard at another generation."""
+        return RemoteShard(self._handle, self.folder, self._published, state)
 
     @property
     def passages(self) -> int:
@@ -255,26 +295,28 @@ class RemoteShard:
 
         return call
 
-    def write(self, items: list[tuple[str, NewDocument]], mode: WriteMode) -> list[WriteResult]:
+    def write(
+        self, items: list[tuple[str, NewDocument]], mode: WriteMode
+    ) -> tuple[ShardState, list[WriteResult]]:
         """Not sent again if the replica dies: whether it was written is then unknown."""
-        results: list[WriteResult]
-        self.state, results = _once(lambda: self._handle.write.remote(items, mode).result())
-        return results
+        written: tuple[ShardState, list[WriteResult]]
+        written = _once(lambda: self._handle.write.remote(items, mode).result())
+        return written
 
-    def remove(self, ids: list[str]) -> None:
-        self.state = _once(lambda: self._handle.remove.remote(ids).result())
+    def remove(self, ids: list[str]) -> ShardState:
+        state: ShardState = _once(lambda: self._handle.remove.remote(ids).result())
+        return state
 
     def changed(self) -> bool:
-        """Whether the folder's current generation is not the one this side last saw."""
+        """Whether the folder's current generation is another than this one."""
         return current_generation_name(self.folder) not in (None, self.state.generation)
 
-    def refresh(self) -> bool:
-        """Take up a generation another ingress wrote; true if there was one."""
+    def latest(self) -> RemoteShard:
+        """This shard at its folder's current generation (itself if that is this one)."""
         current = current_generation_name(self.folder)
         if current in (None, self.state.generation):
-            return False
-        self.state = retried(lambda: self._handle.state.remote(current).result())
-        return True
+            return self
+        return self.at(retried(lambda: self._handle.state.remote(current).result()))
 
 
 def _once(call: Callable[[], Any]) -> Any:
@@ -306,7 +348,7 @@ class Published:
 class ClusterService(ShardedService):
     """The ingress's service: each write goes to the shard that owns its document (`shard_of`),
     and is acknowledged once that shard's new generation is durable and this service answers
-    from it. Other ingress replicas take it up within QA_INDEX_CHECK_SECONDS (`refresh`)."""
+    from it; the other ingress replicas take it up at their next question (`_snapshot`)."""
 
     def __init__(self, shards: list[RemoteShard], encode: Encode, settings: Settings) -> None:
         super().__init__(
@@ -320,21 +362,20 @@ class ClusterService(ShardedService):
         self, items: Sequence[tuple[str, NewDocument]], mode: WriteMode = "create"
     ) -> list[WriteResult]:
         written: dict[str, WriteResult] = {}
-        with self._writes:
+        with self._writes, self._reloading() as shards:
             for n, mine in self._by_shard(items, lambda item: item[0]).items():
-                for result in self._remote[n].write(mine, mode):
-                    written[result.document.id] = result
-            self.reload()
+                state, results = shards[n].write(mine, mode)
+                shards[n] = shards[n].at(state)
+                written.update((result.document.id, result) for result in results)
         return [written[doc_id] for doc_id, _ in items]
 
     def remove_documents(self, ids: Sequence[str]) -> None:
         for doc_id in ids:
             if doc_id not in self.index.documents:
                 raise DocumentNotFoundError(doc_id)
-        with self._writes:
+        with self._writes, self._reloading() as shards:
             for n, mine in self._by_shard(ids, lambda doc_id: doc_id).items():
-                self._remote[n].remove(mine)
-            self.reload()
+                shards[n] = shards[n].at(shards[n].remove(mine))
 
     def _snapshot(self) -> tuple[ShardCatalogue, QueryPipeline]:
         """Every question first looks whether a shard has a newer generation (one readlink per
@@ -344,11 +385,22 @@ class ClusterService(ShardedService):
         return super()._snapshot()
 
     def refresh(self) -> bool:
-        with self._writes:
-            changed = [shard.refresh() for shard in self._remote]
-            if any(changed):
+        with self._writes, self._reloading() as shards:
+            shards[:] = [shard.latest() for shard in shards]
+            return shards != self._remote
+
+    @contextmanager
+    def _reloading(self) -> Iterator[list[RemoteShard]]:
+        """The shards to change; what changed, even if a later shard failed, is then served
+        (a new snapshot: questions under way keep theirs)."""
+        shards = list(self._remote)
+        try:
+            yield shards
+        finally:
+            if shards != self._remote:
+                self._remote = shards
+                self.shards = list(shards)
                 self.reload()
-        return any(changed)
 
     def _by_shard(self, items: Sequence[T], key: Callable[[T], str]) -> dict[int, list[T]]:
         groups: dict[int, list[T]] = {}

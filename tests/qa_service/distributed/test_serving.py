@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from qa_service.index.shards import ShardLayout, shard_of
 from qa_service.index.store import current_generation_name, load_index
 from qa_service.query.sharded import ShardSearcher
 from tests.qa_service.conftest import free_port
+from tests.qa_service.distributed.conftest import RAY
 from tests.qa_service.distributed.test_service import assert_same, response
 from tests.qa_service.query.test_sharded import OFF_TOPIC
 
@@ -56,8 +59,38 @@ def sharded_settings(
     return settings
 
 
+@dataclass(frozen=True)
+class Node:
+    process: subprocess.Popen[bytes]  # its `ray start --block`
+    node_id: str
+
+
 @pytest.fixture(scope="module")
-def url(ray_cluster: str, sharded_settings: Settings) -> Iterator[str]:
+def extra_node(ray_cluster: str) -> Iterator[Node]:
+    """A third node for this module's app, which a test takes away again: the session's two
+    stay for the other tests."""
+    ray = connect(ray_cluster)
+    before = _alive_nodes(ray)
+    command = [*RAY, f"--address={ray_cluster}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+               "--disable-usage-stats", "--block"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + READY_SECONDS
+    while len(_alive_nodes(ray)) < 3:
+        assert time.monotonic() < deadline, "the third Ray node did not join in time"
+        time.sleep(0.2)
+    [node_id] = _alive_nodes(ray) - before
+    yield Node(process, node_id)
+    if process.poll() is None:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _alive_nodes(ray: Any) -> set[str]:
+    return {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+
+
+@pytest.fixture(scope="module")
+def url(ray_cluster: str, sharded_settings: Settings, extra_node: Node) -> Iterator[str]:
     # Both nodes are this machine: one HTTP proxy, on the head, or they would share the port.
     serving.start(sharded_settings, ray_cluster, REPLICAS, proxy_location="HeadOnly")
     url = f"http://{sharded_settings.host}:{sharded_settings.port}"
@@ -80,10 +113,7 @@ def url(ray_cluster: str, sharded_settings: Settings) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def in_process(sharded_settings: Settings, encoder: Encoder) -> ShardedService:
     """The same shards and model, in this process."""
-    index_dir = sharded_settings.index_dir
-    folders = ShardLayout.read(index_dir).folders(index_dir)
-    shards = [ShardSearcher(load_index(f)) for f in folders]
-    return ShardedService(shards, encoder.encode_queries, None, sharded_settings.top_k)
+    return _afresh(sharded_settings, encoder)
 
 
 def _questions(dev_questions: list[dict[str, Any]]) -> list[str]:
@@ -223,9 +253,7 @@ def test_writes_go_to_the_owning_shard_and_survive_its_replicas(
         time.sleep(1)
     answer = _ask(url, NEW_QUESTION)
     assert answer["passages"][0]["document_id"] == "velmora"
-    folders = ShardLayout.read(index_dir).folders(index_dir)
-    afresh = ShardedService([ShardSearcher(load_index(f)) for f in folders],
-                            encoder.encode_queries, None, sharded_settings.top_k)  # fmt: skip
+    afresh = _afresh(sharded_settings, encoder)
     assert_same(_without_time(answer), _without_time(response(afresh.ask(NEW_QUESTION))))
 
     removed = httpx.delete(f"{url}/v1/documents/velmora", headers=auth, timeout=60)
@@ -235,6 +263,92 @@ def test_writes_go_to_the_owning_shard_and_survive_its_replicas(
     assert all(p["document_id"] != "velmora" for p in answer["passages"])
     missing = httpx.delete(f"{url}/v1/documents/no-such-document", headers=auth, timeout=60)
     assert missing.status_code == 404
+
+
+def test_a_lost_node_loses_no_write_and_the_service_recovers(
+    url: str,
+    ray_cluster: str,
+    extra_node: Node,
+    sharded_settings: Settings,
+    encoder: Encoder,
+    dev_questions: list[dict[str, Any]],
+) -> None:
+    """The third node goes away under load with replicas on it: every answer given is right,
+    requests fail (a 5xx, or the connection) only until Serve has replaced what the node held,
+    an acknowledged write is still there, and no restart is needed."""
+    ray = connect(ray_cluster)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    body = {"title": "Velmora harbour", "text": NEW_TEXT}
+    assert httpx.put(f"{url}/v1/documents/velmora", json=body, headers=auth,
+                     timeout=120).status_code == 201  # fmt: skip
+    lost = _replicas_on(extra_node.node_id)
+    assert lost, "Serve placed no replica on the third node"
+
+    questions = _questions(dev_questions)[:6]
+    outcomes: list[tuple[float, str, dict[str, Any] | None]] = []
+    stop = threading.Event()
+
+    def load(first: int) -> None:
+        while not stop.is_set():
+            for question in questions[first:] + questions[:first]:
+                try:
+                    found = httpx.post(f"{url}/v1/ask", json={"question": question}, timeout=60)
+                    answer = AskResponse.model_validate(found.json()).model_dump() \
+                        if found.status_code == 200 else None  # fmt: skip
+                except httpx.TransportError:
+                    answer = None
+                outcomes.append((time.monotonic(), question, answer))
+
+    clients = [threading.Thread(target=load, args=(n,)) for n in range(CLIENTS)]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(2)
+        extra_node.process.terminate()
+        extra_node.process.wait(timeout=60)
+        deadline = time.monotonic() + READY_SECONDS
+        while (
+            len(_alive_nodes(ray)) > 2
+            or _replicas_on(extra_node.node_id)
+            or any(
+                len(_replicas(d)) < REPLICAS for d in ("shard-000", "shard-001", "QuestionEncoder")
+            )
+        ):
+            assert time.monotonic() < deadline, "Serve did not replace the lost node's replicas"
+            time.sleep(1)
+        recovered = time.monotonic()
+        while sum(1 for t, _, _ in outcomes if t > recovered + 5) < 2 * len(questions):
+            assert time.monotonic() < deadline + 120, "no answers after the recovery"
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join()
+    afresh = _afresh(sharded_settings, encoder)  # the shards with the write
+    expected = {q: _without_time(response(afresh.ask(q))) for q in questions}
+    for _, question, answer in outcomes:
+        if answer is not None:
+            assert_same(_without_time(answer), expected[question])
+    failed_after = [t for t, _, answer in outcomes if answer is None and t > recovered + 5]
+    assert not failed_after, f"{len(failed_after)} requests failed after the recovery"
+    assert _ask(url, NEW_QUESTION)["answer"]["document_id"] == "velmora"
+
+
+def _afresh(settings: Settings, encoder: Encoder) -> ShardedService:
+    """The shards as their folders hold them now, loaded in this process."""
+    folders = ShardLayout.read(settings.index_dir).folders(settings.index_dir)
+    shards = [ShardSearcher(load_index(f)) for f in folders]
+    return ShardedService(shards, encoder.encode_queries, None, settings.top_k)
+
+
+def _replicas_on(node_id: str) -> list[str]:
+    from ray._private import state
+
+    return [
+        a["Name"] for a in state.actors().values()
+        if a["State"] == "ALIVE" and a["Address"]["NodeID"] == node_id
+        and a["Name"].startswith(f"SERVE_REPLICA::{serving.APP_NAME}#")
+    ]  # fmt: skip
 
 
 def test_a_call_a_dying_actor_dropped_is_sent_again(ray_cluster: str, tmp_path: Path) -> None:

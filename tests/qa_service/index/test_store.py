@@ -121,5 +121,8 @@ def test_service_refuses_an_index_from_another_model(small_index: IndexData) -> 
     class OtherModel:
         name = "another-model"
 
+        def encode_queries(self, texts: list[str]) -> None:
+            raise AssertionError("refused before any question")
+
     with pytest.raises(IndexStaleError, match="another-model"):
         QAService(OtherModel(), small_index, 0.3, 5)  # type: ignore[arg-type]
