@@ -1,5 +1,5 @@
-"""Sharding at scale (issue 28): are answers over shards the single index's, and what does a Ray
-build cost against one process?
+"""Sharding at scale (issue 28): are answers over shards the single index's, and what do a Ray
+build and Ray Serve cost against one process?
 
     python benchmarks/ray_scale.py exactness [--passages 1000000] [--shards 1 2 4]
     python benchmarks/ray_scale.py build [--shards 1 2 4] [--address HOST:PORT] [--workers 2]
@@ -23,7 +23,10 @@ this machine's cores), both with all-MiniLM-L6-v2 on ONNX: the share of the seed
 top 10 over HTTP is identical, the p50 of one client's questions, and questions/s at 16 clients
 (aiohttp, from this process), each as a ratio to the one process's in the same run.
 
-    python benchmarks/ray_scale.py serve [--shards 1 2 4] [--seconds 20]
+    python benchmarks/ray_scale.py serve [--shards 1 2 4] [--seconds 20] [--corpus squad]
+
+With `--corpus squad` the SQuAD slice's 1,048 paragraphs are the documents (the default corpus's
+five cannot fill four shards by hash) and 200 of its questions are asked.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from embeddings.index import IndexConfig  # noqa: E402
 from qa_service.config import Settings  # noqa: E402
 from qa_service.corpus.chunking import Passage  # noqa: E402
 from qa_service.corpus.documents import Document  # noqa: E402
+from qa_service.errors import ClusterError  # noqa: E402
 from qa_service.evaluation.datasets import load_squad  # noqa: E402
 from qa_service.index.build import IndexSpec, build_index, index_documents  # noqa: E402
 from qa_service.index.lexical import Analyzer, LexicalIndex  # noqa: E402
@@ -165,11 +169,7 @@ def build(shard_counts: list[int], address: str | None, workers: int) -> None:
     from qa_service.distributed.indexing import build_shards
 
     with tempfile.TemporaryDirectory() as folder:
-        corpus = Path(folder) / "corpus"
-        for document in load_squad(SQUAD).documents:
-            path = corpus / f"{document.id}.txt"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(document.text, encoding="utf-8")
+        corpus = _squad_files(Path(folder) / "corpus")
         settings = Settings(corpus_dir=corpus, index_dir=Path(folder) / "single",
                             model=MINILM_MODEL, encoder_backend="onnx")  # fmt: skip
         encoder = load_encoder(MINILM_MODEL, "onnx", settings.index_dir / "models")
@@ -237,17 +237,22 @@ def _measure(name: str, url: str, questions: list[str], seconds: float,
     return rate, p50
 
 
-def serve_benchmark(shard_counts: list[int], seconds: float) -> None:
+def serve_benchmark(shard_counts: list[int], seconds: float, corpus_name: str) -> None:
     from _server import SHARED_EVAL, read_questions, start_server
 
     from qa_service.distributed import serving
     from qa_service.distributed.indexing import build_shards
 
-    questions = read_questions(SHARED_EVAL / "seed_dev_questions.jsonl",
-                               ROOT / "eval" / "seed_extra_questions.jsonl")  # fmt: skip
     with tempfile.TemporaryDirectory() as folder:
+        if corpus_name == "squad":  # enough documents for 4 shards; 200 of its questions
+            corpus = _squad_files(Path(folder) / "corpus")
+            questions = [q.text for q in load_squad(SQUAD).questions[:200]]
+        else:
+            corpus = ROOT / "corpus"
+            questions = read_questions(SHARED_EVAL / "seed_dev_questions.jsonl",
+                                       ROOT / "eval" / "seed_extra_questions.jsonl")  # fmt: skip
         minilm = {"QA_MODEL": MINILM_MODEL, "QA_ENCODER_BACKEND": "onnx"}
-        process, url = start_server(ROOT / "corpus", Path(folder) / "single", minilm)
+        process, url = start_server(corpus, Path(folder) / "single", minilm)
         try:
             single = _top10(url, questions)
             base = _measure("one process", url, questions, seconds, None)
@@ -259,10 +264,14 @@ def serve_benchmark(shard_counts: list[int], seconds: float) -> None:
         try:
             for count in shard_counts:
                 settings = Settings(
-                    corpus_dir=ROOT / "corpus", index_dir=Path(folder) / f"s{count}",
+                    corpus_dir=corpus, index_dir=Path(folder) / f"s{count}",
                     model=MINILM_MODEL, encoder_backend="onnx", host="127.0.0.1", port=port,
                 )  # fmt: skip
-                build_shards(settings, count, address)
+                try:
+                    build_shards(settings, count, address)
+                except ClusterError as exc:
+                    print(f"\n{count} shard(s): {exc}")
+                    continue
                 serving.start(settings, address, 1, proxy_location="HeadOnly")
                 url = f"http://127.0.0.1:{settings.port}"
                 _wait_ready(url)
@@ -273,6 +282,15 @@ def serve_benchmark(shard_counts: list[int], seconds: float) -> None:
         finally:
             head.terminate()
             head.wait()
+
+
+def _squad_files(corpus: Path) -> Path:
+    """The SQuAD slice's paragraphs as text files, one document each."""
+    for document in load_squad(SQUAD).documents:
+        path = corpus / f"{document.id}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(document.text, encoding="utf-8")
+    return corpus
 
 
 def _free_port() -> int:
@@ -318,6 +336,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("part", choices=["exactness", "build", "serve"])
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--corpus", choices=["default", "squad"], default="default")
     parser.add_argument("--passages", type=int, default=200_000)
     parser.add_argument("--shards", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--address", default=None)
@@ -328,7 +347,7 @@ def main() -> None:
     elif args.part == "build":
         build(args.shards, args.address, args.workers)
     else:
-        serve_benchmark(args.shards, args.seconds)
+        serve_benchmark(args.shards, args.seconds, args.corpus)
 
 
 if __name__ == "__main__":
