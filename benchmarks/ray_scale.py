@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import itertools
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -61,8 +62,8 @@ from qa_service.evaluation.datasets import load_squad  # noqa: E402
 from qa_service.index.build import IndexSpec, build_index, index_documents  # noqa: E402
 from qa_service.index.lexical import Analyzer, LexicalIndex  # noqa: E402
 from qa_service.index.shard_lexical import TermCounts  # noqa: E402
-from qa_service.index.shards import shard_of  # noqa: E402
-from qa_service.index.store import IndexData  # noqa: E402
+from qa_service.index.shards import ShardLayout, shard_of  # noqa: E402
+from qa_service.index.store import IndexData, save_index  # noqa: E402
 from qa_service.models import MODES  # noqa: E402
 from qa_service.query.retrieval import Retriever, SearchQuery  # noqa: E402
 from qa_service.query.sharded import ShardedRetriever, ShardSearcher  # noqa: E402
@@ -108,7 +109,7 @@ def synthetic(passages: int) -> tuple[list[Document], list[Passage], np.ndarray,
 
 def _index(
     documents: list[Document], rows: list[Passage], vectors: np.ndarray, terms: list[list[str]],
-    model: IndexData,
+    model: IndexData, shard: bool = False,
 ) -> IndexData:  # fmt: skip
     flat = IndexConfig(kind="flat")
     return IndexData(
@@ -120,6 +121,7 @@ def _index(
         lexical=LexicalIndex.from_terms(terms),
         unit_vectors=None,
         manifest=replace(model.manifest, documents=len(documents), passages=len(rows)),
+        term_counts=TermCounts.from_terms(terms) if shard else None,
     )
 
 
@@ -284,6 +286,75 @@ def serve_benchmark(shard_counts: list[int], seconds: float, corpus_name: str) -
             head.wait()
 
 
+def serve_synthetic(passages: int, shard_counts: list[int], seconds: float) -> None:
+    """`serve` over the synthetic collection of `exactness`: one process serving it as one index
+    (`_serve_index`), then Ray Serve over N flat shards of it."""
+    from qa_service.distributed import serving
+
+    documents, rows, vectors, terms = synthetic(passages)
+    encoder = _encoder()
+    template = index_documents(documents[:1], encoder, make_splitter(Settings(), encoder), "f",
+                               sentence_vectors=False)  # fmt: skip
+    questions = [q.text for q in load_squad(SQUAD).questions[:200]]
+    with tempfile.TemporaryDirectory(dir=ROOT.parent) as folder:
+        single_dir = Path(folder) / "single"
+        save_index(single_dir, _index(documents, rows, vectors, terms, template))
+        port = _free_port()
+        process = subprocess.Popen([sys.executable, __file__, "_serve-index", str(single_dir),
+                                    str(port)])  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_ready(url)
+            single = _top10(url, questions)
+            base = _measure("one process", url, questions, seconds, None)
+        finally:
+            process.terminate()
+            process.wait()
+        head, address = _ray_head()
+        port = _free_port()
+        try:
+            for count in shard_counts:
+                index_dir = Path(folder) / f"s{count}"
+                owner = {d.id: shard_of(d.id, count) for d in documents}
+                by_passage = np.array([owner[p.document_id] for p in rows])
+                for n in range(count):
+                    mine = np.flatnonzero(by_passage == n)
+                    docs = [d for d in documents if owner[d.id] == n]
+                    data = _index(docs, [rows[i] for i in mine], vectors[mine],
+                                  [terms[i] for i in mine], template, shard=True)  # fmt: skip
+                    save_index(index_dir / "shards" / "synthetic" / f"{n:03d}", data)
+                built = template.manifest
+                layout = ShardLayout(count, built.model, built.passage_settings,
+                                     built.corpus_fingerprint, "shards/synthetic")  # fmt: skip
+                layout.save(index_dir)
+                settings = Settings(index_dir=index_dir, model=MINILM_MODEL, encoder_backend="onnx",
+                                    host="127.0.0.1", port=port)  # fmt: skip
+                serving.start(settings, address, 1, proxy_location="HeadOnly")
+                url = f"http://127.0.0.1:{port}"
+                _wait_ready(url)
+                same = sum(a == b for a, b in zip(_top10(url, questions), single, strict=True))
+                print(f"\n{count} shard(s): identical top {K} {same}/{len(questions)}")
+                _measure(f"Ray Serve, {count} shard(s)", url, questions, seconds, base)
+                serving.stop()
+                shutil.rmtree(index_dir)
+        finally:
+            head.terminate()
+            head.wait()
+
+
+def _serve_index(index_dir: Path, port: int) -> None:
+    """One process serving a saved index as `qa serve` does, without a corpus folder."""
+    import uvicorn
+
+    from qa_service.api import create_app
+    from qa_service.index.store import load_index
+    from qa_service.service import QAService
+
+    settings = Settings(index_dir=index_dir, model=MINILM_MODEL, encoder_backend="onnx")
+    service = QAService(_encoder(), load_index(index_dir), None, settings.top_k)
+    uvicorn.run(create_app(settings, service), host="127.0.0.1", port=port, log_level="warning")
+
+
 def _squad_files(corpus: Path) -> Path:
     """The SQuAD slice's paragraphs as text files, one document each."""
     for document in load_squad(SQUAD).documents:
@@ -334,9 +405,12 @@ def _ray_head() -> tuple[subprocess.Popen[bytes], str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    if sys.argv[1:2] == ["_serve-index"]:
+        _serve_index(Path(sys.argv[2]), int(sys.argv[3]))
+        return
     parser.add_argument("part", choices=["exactness", "build", "serve"])
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--corpus", choices=["default", "squad"], default="default")
+    parser.add_argument("--corpus", choices=["default", "squad", "synthetic"], default="default")
     parser.add_argument("--passages", type=int, default=200_000)
     parser.add_argument("--shards", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--address", default=None)
@@ -346,6 +420,8 @@ def main() -> None:
         exactness(args.passages, args.shards)
     elif args.part == "build":
         build(args.shards, args.address, args.workers)
+    elif args.corpus == "synthetic":
+        serve_synthetic(args.passages, args.shards, args.seconds)
     else:
         serve_benchmark(args.shards, args.seconds, args.corpus)
 
