@@ -26,8 +26,9 @@ from qa_service.query.sharded import (
 from qa_service.service import AnsweringService, Catalogue
 
 WRITES_REFUSED = (
-    "documents cannot be written through a sharded service yet: add them to the corpus folder "
-    "and rebuild the shards with `qa index --ray --shards N`"
+    "shards served in one process are read only: serve them with `qa serve --ray`, which writes "
+    "to the shard that owns the document, or add the documents to the corpus folder and rebuild "
+    "the shards with `qa index --ray --shards N`"
 )
 
 
