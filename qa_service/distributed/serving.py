@@ -377,12 +377,20 @@ class ClusterService(ShardedService):
             for n, mine in self._by_shard(ids, lambda doc_id: doc_id).items():
                 shards[n] = shards[n].at(shards[n].remove(mine))
 
+    @property
+    def index(self) -> ShardCatalogue:
+        self._take_up_writes()
+        return super().index
+
     def _snapshot(self) -> tuple[ShardCatalogue, QueryPipeline]:
-        """Every question first looks whether a shard has a newer generation (one readlink per
-        shard): a write acknowledged by another ingress replica is then searchable here too."""
+        self._take_up_writes()
+        return super()._snapshot()
+
+    def _take_up_writes(self) -> None:
+        """Every read first looks whether a shard has a newer generation (one readlink per
+        shard): a write acknowledged by another ingress replica is then seen here too."""
         if any(shard.changed() for shard in self._remote):
             self.refresh()
-        return super()._snapshot()
 
     def refresh(self) -> bool:
         with self._writes, self._reloading() as shards:

@@ -108,7 +108,9 @@ class ShardSearcher:
         self._answers = AnswerBuilder(index)
         # BM25 of every passage for the plans `find` scored, which `score` then reads: recent
         # ones only (a batch's), by plan and statistics.
-        self._recent: dict[tuple[QueryPlan, int], npt.NDArray[np.float32]] = {}
+        self._recent: dict[
+            tuple[QueryPlan, int], tuple[TermStatistics, npt.NDArray[np.float32]]
+        ] = {}
         self._recent_lock = threading.Lock()
 
     @property
@@ -205,15 +207,18 @@ class ShardSearcher:
         return list(self.index.acronyms.values())
 
     def _bm25(self, plan: QueryPlan, stats: TermStatistics) -> npt.NDArray[np.float32]:
+        # Keyed by the statistics object's id, and holding the object, so that the id cannot
+        # pass to newer statistics while the entry lives (it did: stale scores after writes).
         key = (plan, id(stats))
         with self._recent_lock:
-            scores = self._recent.get(key)
-        if scores is None:
-            scores = self.terms.scores(plan, stats)
-            with self._recent_lock:
-                while len(self._recent) >= RECENT_PLANS:
-                    del self._recent[next(iter(self._recent))]
-                self._recent[key] = scores
+            found = self._recent.get(key)
+        if found is not None and found[0] is stats:
+            return found[1]
+        scores = self.terms.scores(plan, stats)
+        with self._recent_lock:
+            while len(self._recent) >= RECENT_PLANS:
+                del self._recent[next(iter(self._recent))]
+            self._recent[key] = (stats, scores)
         return scores
 
     def _lexical(
