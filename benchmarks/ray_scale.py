@@ -242,7 +242,6 @@ def _measure(name: str, url: str, questions: list[str], seconds: float,
 def serve_benchmark(shard_counts: list[int], seconds: float, corpus_name: str) -> None:
     from _server import SHARED_EVAL, read_questions, start_server
 
-    from qa_service.distributed import serving
     from qa_service.distributed.indexing import build_shards
 
     with tempfile.TemporaryDirectory() as folder:
@@ -274,22 +273,32 @@ def serve_benchmark(shard_counts: list[int], seconds: float, corpus_name: str) -
                 except ClusterError as exc:
                     print(f"\n{count} shard(s): {exc}")
                     continue
-                serving.start(settings, address, 1, proxy_location="HeadOnly")
-                url = f"http://127.0.0.1:{settings.port}"
-                _wait_ready(url)
-                same = sum(a == b for a, b in zip(_top10(url, questions), single, strict=True))
-                print(f"\n{count} shard(s): identical top {K} {same}/{len(questions)}")
-                _measure(f"Ray Serve, {count} shard(s)", url, questions, seconds, base)
-                serving.stop()
+                _measure_on_ray(settings, address, count, questions, single, seconds, base)
         finally:
             head.terminate()
             head.wait()
 
 
+def _measure_on_ray(
+    settings: Settings, address: str, count: int, questions: list[str],
+    single: list[list[tuple[str, int, int]]], seconds: float, base: tuple[float, float],
+) -> None:  # fmt: skip
+    """`qa serve --ray` over the layout in settings.index_dir: the share of identical top 10s,
+    then `_measure`."""
+    from qa_service.distributed import serving
+
+    serving.start(settings, address, 1, proxy_location="HeadOnly")
+    url = f"http://127.0.0.1:{settings.port}"
+    _wait_ready(url)
+    same = sum(a == b for a, b in zip(_top10(url, questions), single, strict=True))
+    print(f"\n{count} shard(s): identical top {K} {same}/{len(questions)}")
+    _measure(f"Ray Serve, {count} shard(s)", url, questions, seconds, base)
+    serving.stop()
+
+
 def serve_synthetic(passages: int, shard_counts: list[int], seconds: float) -> None:
     """`serve` over the synthetic collection of `exactness`: one process serving it as one index
     (`_serve_index`), then Ray Serve over N flat shards of it."""
-    from qa_service.distributed import serving
 
     documents, rows, vectors, terms = synthetic(passages)
     encoder = _encoder()
@@ -329,13 +338,7 @@ def serve_synthetic(passages: int, shard_counts: list[int], seconds: float) -> N
                 layout.save(index_dir)
                 settings = Settings(index_dir=index_dir, model=MINILM_MODEL, encoder_backend="onnx",
                                     host="127.0.0.1", port=port)  # fmt: skip
-                serving.start(settings, address, 1, proxy_location="HeadOnly")
-                url = f"http://127.0.0.1:{port}"
-                _wait_ready(url)
-                same = sum(a == b for a, b in zip(_top10(url, questions), single, strict=True))
-                print(f"\n{count} shard(s): identical top {K} {same}/{len(questions)}")
-                _measure(f"Ray Serve, {count} shard(s)", url, questions, seconds, base)
-                serving.stop()
+                _measure_on_ray(settings, address, count, questions, single, seconds, base)
                 shutil.rmtree(index_dir)
         finally:
             head.terminate()
