@@ -254,12 +254,7 @@ def serve_benchmark(shard_counts: list[int], seconds: float, corpus_name: str) -
                                        ROOT / "eval" / "seed_extra_questions.jsonl")  # fmt: skip
         minilm = {"QA_MODEL": MINILM_MODEL, "QA_ENCODER_BACKEND": "onnx"}
         process, url = start_server(corpus, Path(folder) / "single", minilm)
-        try:
-            single = _top10(url, questions)
-            base = _measure("one process", url, questions, seconds, None)
-        finally:
-            process.terminate()
-            process.wait()
+        single, base = _measure_process(process, url, questions, seconds)
         head, address = _ray_head()
         port = _free_port()  # Serve's proxy keeps the port it started with
         try:
@@ -277,6 +272,17 @@ def serve_benchmark(shard_counts: list[int], seconds: float, corpus_name: str) -
         finally:
             head.terminate()
             head.wait()
+
+
+def _measure_process(
+    process: subprocess.Popen[bytes], url: str, questions: list[str], seconds: float
+) -> tuple[list[list[tuple[str, int, int]]], tuple[float, float]]:
+    """The one-process server's top 10s and `_measure`; the server is stopped after."""
+    try:
+        return _top10(url, questions), _measure("one process", url, questions, seconds, None)
+    finally:
+        process.terminate()
+        process.wait()
 
 
 def _measure_on_ray(
@@ -311,14 +317,9 @@ def serve_synthetic(passages: int, shard_counts: list[int], seconds: float) -> N
         port = _free_port()
         process = subprocess.Popen([sys.executable, __file__, "_serve-index", str(single_dir),
                                     str(port)])  # fmt: skip
-        try:
-            url = f"http://127.0.0.1:{port}"
-            _wait_ready(url)
-            single = _top10(url, questions)
-            base = _measure("one process", url, questions, seconds, None)
-        finally:
-            process.terminate()
-            process.wait()
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url)
+        single, base = _measure_process(process, url, questions, seconds)
         head, address = _ray_head()
         port = _free_port()
         try:
