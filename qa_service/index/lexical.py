@@ -10,6 +10,7 @@ words are mostly absent cannot score high by matching one common word.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,7 +67,13 @@ class LexicalIndex:
         vocab: dict[str, int] = {}
         corpus = [[vocab.setdefault(t, len(vocab)) for t in passage] for passage in terms]
         bm25 = bm25s.BM25()
-        bm25.index(bm25s.tokenization.Tokenized(ids=corpus, vocab=vocab), show_progress=False)
+        tokenized = bm25s.tokenization.Tokenized(ids=corpus, vocab=vocab)
+        if vocab:
+            bm25.index(tokenized, show_progress=False)
+        else:  # only stop words: bm25s cannot add its empty token, nor average no lengths
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                bm25.index(tokenized, show_progress=False, create_empty_token=False)
         return cls(bm25, vocab)
 
     def query_ids(self, question: str) -> tuple[list[int], float]:

@@ -4,6 +4,7 @@ words the corpus lacks, and saving and rebuilding the index."""
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,22 @@ def test_a_passage_of_stop_words_only_is_indexed_and_never_matches() -> None:
     assert index.size == 2
     scores = index.scores("rivers")
     assert scores[0] == 0 and scores[1] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_collection_of_stop_words_only_builds_an_index_that_matches_nothing(
+    tmp_path: Path,
+) -> None:
+    """bm25s cannot index a corpus without a single term; such a collection is still served
+    (by its vectors), and its lexical scores are all zero, saved or not."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        index = LexicalIndex.build(["It is what it is.", "And then, of the ..."])
+    assert index.size == 2
+    for question in ("what is it", "rivers", ""):
+        assert index.query_ids(question)[0] == []
+        np.testing.assert_array_equal(index.scores(question), [0, 0])
+    index.save(tmp_path)
+    np.testing.assert_array_equal(LexicalIndex.load(tmp_path).scores("rivers"), [0, 0])
 
 
 def test_building_logs_nothing_below_warning(caplog: pytest.LogCaptureFixture) -> None:
