@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -14,7 +15,7 @@ from string import Template
 import fastapi_offline
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
@@ -56,6 +57,7 @@ class Pages:
 
     chat: str
     document: str
+    widget: str
 
     @classmethod
     def render(cls, title: str, tagline: str) -> Pages:
@@ -64,7 +66,21 @@ class Pages:
         return cls(
             chat=_template("index.html").substitute(fields),
             document=_template("document.html").substitute(fields),
+            widget=_widget(title),
         )
+
+
+# The widget's default panel title; a JavaScript file, so `string.Template` (whose `${…}` its
+# template literals use too) cannot fill it.
+_WIDGET_TITLE = 'const SERVICE_TITLE = "Ask the documents";'
+
+
+def _widget(title: str) -> str:
+    script = (STATIC_DIR / "widget.js").read_text(encoding="utf-8")
+    if script.count(_WIDGET_TITLE) != 1:
+        raise RuntimeError(f"widget.js has lost its line {_WIDGET_TITLE!r}")
+    # A JSON string is a JavaScript string literal; ASCII-only, so no line separator breaks it.
+    return script.replace(_WIDGET_TITLE, f"const SERVICE_TITLE = {json.dumps(title)};")
 
 
 def _template(name: str) -> Template:
@@ -99,9 +115,10 @@ def document_page(request: Request) -> HTMLResponse:
 
 
 @router.get("/widget.js")
-def widget() -> FileResponse:
+def widget(request: Request) -> Response:
     """Loaded by `<script src>` from other sites, which needs no CORS; its calls to the API do."""
-    return FileResponse(STATIC_DIR / "widget.js", media_type="text/javascript")
+    pages: Pages = request.app.state.pages
+    return Response(pages.widget, media_type="text/javascript")
 
 
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)

@@ -1,6 +1,6 @@
 /* Embeddable question widget. On any page:
      <script src="https://qa.example.org/widget.js" data-api="https://qa.example.org" defer></script>
-   Optional data-title names the panel. Everything is built inside one shadow root, so the host
+   Optional data-title names the panel (by default, the service's own page title). Everything is built inside one shadow root, so the host
    page's CSS and the widget's own never mix; server text enters only as text nodes. */
 (() => {
   "use strict";
@@ -14,7 +14,8 @@
   const MAX_ANSWER_CHARS = 8000;
   const EXCERPT_CHARS = 200;
   const NETWORK_MESSAGE = "Could not reach the question service.";
-  const title = (script && script.dataset.title) || "Ask the documents";
+  const SERVICE_TITLE = "Ask the documents"; // replaced by the service's QA_PAGE_TITLE when served
+  const title = (script && script.dataset.title) || SERVICE_TITLE;
   const api = apiBase();
 
   const CSS = `

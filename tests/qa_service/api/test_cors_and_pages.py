@@ -127,12 +127,15 @@ def test_the_page_title_and_tagline_are_text(settings: Settings, service: QAServ
     )
     with TestClient(create_app(named, service)) as named_client:
         chat, document = named_client.get("/").text, named_client.get("/document?id=x").text
+        widget = named_client.get("/widget.js").text
     title = "Notes &lt;script&gt;x()&lt;/script&gt; &amp; &quot;co&quot;"
     assert f'<h1 id="page-title">{title}</h1>' in chat
     assert f"<title>{title}</title>" in chat and f"<title>Document · {title}</title>" in document
     assert '<meta name="application-name" content="' + title + '">' in document
     assert "&lt;b&gt;Field&lt;/b&gt;" in chat
     assert "<script>" not in chat + document and "<b>" not in chat
+    # The widget's panel is named after the service unless its page names it: a string literal.
+    assert 'const SERVICE_TITLE = "Notes <script>x()</script> & \\"co\\"";' in widget
 
 
 def test_the_page_title_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
