@@ -33,6 +33,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from qa_service.api.schemas import OpenAIError, OpenAIErrorBody
+
 if TYPE_CHECKING:
     from qa_service.api.metrics import Metrics
 
@@ -46,8 +48,24 @@ _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 QUESTION_PATHS = frozenset({"/v1/ask", "/v1/ask/batch", "/v1/chat"})
+# The OpenAI-compatible routes (routes/openai.py), whose clients read only OpenAI's error shape.
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
+_OPENAI_CODES = {413: "request_too_large", 429: "rate_limit_exceeded", 503: "unavailable"}
 MAX_BODY_BYTES = 1024 * 1024
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def refusal(
+    scope: Scope, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """A request refused before it reaches a route: `{"detail": …}` as the app's own errors,
+    or OpenAI's error object on the OpenAI-compatible routes."""
+    body: dict[str, Any] = {"detail": message}
+    if scope["path"] == OPENAI_PATHS[0] or scope["path"].startswith(OPENAI_PATHS[1]):
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        error = OpenAIErrorBody(message=message, type=kind, code=_OPENAI_CODES.get(status))
+        body = OpenAIError(error=error).model_dump()
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -179,10 +197,8 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse(
-        {"detail": f"request body is larger than the limit of {limit} bytes"}, status_code=413
-    )
+def _too_large(scope: Scope, limit: int) -> JSONResponse:
+    return refusal(scope, 413, f"request body is larger than the limit of {limit} bytes")
 
 
 class BodySizeLimitMiddleware:
@@ -204,7 +220,7 @@ class BodySizeLimitMiddleware:
         limit = self.limits.for_path(scope["path"])
         declared = _header(scope, b"content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-            await _too_large(limit)(scope, receive, send)
+            await _too_large(scope, limit)(scope, receive, send)
             return
 
         received = 0
@@ -235,7 +251,7 @@ class BodySizeLimitMiddleware:
             if not exceeded:
                 raise
         if exceeded and not response_started:
-            await _too_large(limit)(scope, receive, send)
+            await _too_large(scope, limit)(scope, receive, send)
 
 
 class AdmissionLimiter:
@@ -283,11 +299,10 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         if not self.limiter.try_acquire():
-            busy = JSONResponse(
-                {"detail": "too many questions in flight; try again shortly"},
-                status_code=503,
-                headers={"Retry-After": self.retry_after},
-            )
+            busy = refusal(
+                scope, 503, "too many questions in flight; try again shortly",
+                {"Retry-After": self.retry_after},
+            )  # fmt: skip
             await busy(scope, receive, send)
             return
         try:
@@ -330,11 +345,10 @@ class RateLimitMiddleware:
         reset = max(self.limiter.get_window_stats(item, key).reset_time for item in refused)
         retry_after = max(1, math.ceil(reset - time.time()))
         limit = ", ".join(str(item) for item in refused)
-        response = JSONResponse(
-            {"detail": f"rate limit exceeded ({limit} per client); try again in {retry_after} s"},
-            status_code=429,
-            headers={"Retry-After": str(retry_after)},
-        )
+        response = refusal(
+            scope, 429, f"rate limit exceeded ({limit} per client); try again in {retry_after} s",
+            {"Retry-After": str(retry_after)},
+        )  # fmt: skip
         await response(scope, receive, send)
 
 

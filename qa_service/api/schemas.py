@@ -475,6 +475,20 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(BaseModel):
+    """OpenAI's error object, which its client libraries turn into typed exceptions: the error
+    body of the OpenAI-compatible routes (`routes/openai.py`), refusals before routing included."""
+
+    error: OpenAIErrorBody
+
+
 class BatchResponse(BaseModel):
     results: list[AskResponse] = Field(description="One /v1/ask response per question, in order.")
 

@@ -34,7 +34,8 @@ from qa_service.api.schemas import (
     MAX_QUESTION_CHARS,
     MAX_TOP_K,
     AskResponse,
-    ErrorResponse,
+    OpenAIError,
+    OpenAIErrorBody,
     PassageOut,
     Text,
 )
@@ -48,19 +49,6 @@ OWNED_BY = "qa-service"
 CREATED = int(time.time())
 ABSTENTION = "The documents do not answer this question."
 MAX_ERROR_CHARS = 300
-
-
-class OpenAIErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class OpenAIError(BaseModel):
-    """OpenAI's error object, which its client libraries turn into typed exceptions."""
-
-    error: OpenAIErrorBody
 
 
 def openai_error(
@@ -326,7 +314,8 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": OpenAIError, "description": "Invalid request (the first error)."},
     401: {"model": OpenAIError, "description": "A key is needed (QA_READ_API_KEYS)."},
     404: NOT_FOUND,
-    413: {"model": ErrorResponse, "description": "Request body over QA_MAX_BODY_BYTES."},
+    413: {"model": OpenAIError, "description": "Request body over QA_MAX_BODY_BYTES."},
+    429: {"model": OpenAIError, "description": "Over QA_RATE_LIMIT for this client."},
     # Documented so that FastAPI does not list its own 422, which these routes never send.
     422: {"model": OpenAIError, "description": "Not sent: invalid requests are 400."},
     503: {"model": OpenAIError, "description": "Model or index still loading, or busy."},

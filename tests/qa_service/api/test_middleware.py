@@ -381,6 +381,39 @@ def test_a_client_over_its_rate_limit_gets_429_with_retry_after(
     assert 'route="/v1/ask",status="429"' in metrics
 
 
+def test_refusals_on_the_openai_routes_are_openai_errors(
+    settings: Settings, service: QAService
+) -> None:
+    """OpenAI clients read only `{"error": {...}}`: the 413, 429 and 503 given before routing
+    take that shape on their routes, and keep `{"detail": ...}` everywhere else."""
+    configured = settings.model_copy(
+        update={"max_body_bytes": 4096, "rate_limit": "2/minute", "max_concurrent_requests": 1}
+    )
+    big = {**CHAT, "messages": [{"role": "user", "content": "word " * 2000}]}
+    with TestClient(create_app(configured, service)) as client:
+        too_large = client.post("/v1/chat/completions", json=big)
+        limiter = client.app.state.admission  # type: ignore[attr-defined]
+        assert limiter.try_acquire()
+        try:
+            busy = client.post("/v1/chat/completions", json=CHAT)
+        finally:
+            limiter.release()
+        limited = client.get("/v1/models")  # the third request: the 413 and 503 counted
+        plain = client.get("/v1/documents")
+    expected = {
+        too_large: (413, "4096 bytes", "invalid_request_error", "request_too_large"),
+        busy: (503, "too many questions", "server_error", "unavailable"),
+        limited: (429, "2 per 1 minute", "invalid_request_error", "rate_limit_exceeded"),
+    }
+    for response, (status, words, kind, code) in expected.items():
+        assert response.status_code == status
+        error = response.json()["error"]
+        assert words in error["message"]
+        assert (error["type"], error["code"], error["param"]) == (kind, code, None)
+    assert busy.headers["retry-after"] == "1" and int(limited.headers["retry-after"]) >= 1
+    assert plain.status_code == 429 and "2 per 1 minute" in plain.json()["detail"]
+
+
 def test_clients_are_limited_separately(settings: Settings) -> None:
     app = create_app(settings.model_copy(update={"rate_limit": "1/minute"}), None)
     sent: list[int] = []
