@@ -15,7 +15,7 @@ from qa_service.api import metrics
 from qa_service.api.deps import ReadAccess
 from qa_service.api.errors import install_error_handlers
 from qa_service.api.index_watch import watch_index
-from qa_service.api.mcp import MCP_PATH, MCPEndpoint
+from qa_service.api.mcp import MCP_HEADERS, MCP_PATH, MCPEndpoint
 from qa_service.api.middleware import (
     QUESTION_PATHS,
     AdmissionLimiter,
@@ -123,8 +123,9 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
-            allow_headers=["Content-Type", "Authorization"],
-            expose_headers=["Retry-After", "X-Request-ID"],
+            # MCP's streamable HTTP sends and reads its own headers (`/mcp`).
+            allow_headers=["Content-Type", "Authorization", *MCP_HEADERS],
+            expose_headers=["Retry-After", "X-Request-ID", "Mcp-Session-Id"],
             max_age=600,
         )
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)

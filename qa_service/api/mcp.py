@@ -31,6 +31,9 @@ from qa_service.query.pipeline import AskOptions
 from qa_service.service import AnsweringService
 
 MCP_PATH = "/mcp"
+# The request headers of MCP's streamable HTTP transport, which a browser client on an allowed
+# origin may send only if CORS allows them.
+MCP_HEADERS = ("Mcp-Session-Id", "Mcp-Protocol-Version", "Last-Event-ID")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 Question = Annotated[

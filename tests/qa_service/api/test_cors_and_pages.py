@@ -49,6 +49,34 @@ def test_a_configured_origin_may_call_and_others_may_not(open_client: TestClient
     assert "access-control-allow-origin" not in response.headers
 
 
+def test_a_configured_origin_may_use_the_mcp_endpoint(open_client: TestClient) -> None:
+    """A browser MCP client sends the transport's own headers, which its preflight must allow,
+    and reads the answer across origins."""
+    asked = "content-type, authorization, mcp-protocol-version, mcp-session-id, last-event-id"
+    preflight = open_client.options(
+        "/mcp",
+        headers={"Origin": ALLOWED, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": asked},
+    )  # fmt: skip
+    assert preflight.status_code == 200, preflight.text
+    allowed = preflight.headers["access-control-allow-headers"].lower()
+    assert all(header.strip() in allowed for header in asked.split(","))
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                  "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                             "clientInfo": {"name": "browser", "version": "1"}}}  # fmt: skip
+    response = open_client.post(
+        "/mcp",
+        json=initialize,
+        headers={"Origin": ALLOWED, "Host": "127.0.0.1:8000",
+                 "Accept": "application/json, text/event-stream",
+                 "Mcp-Protocol-Version": "2025-06-18"},
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    assert response.json()["result"]["serverInfo"]["name"]
+    assert response.headers["access-control-allow-origin"] == ALLOWED
+    assert "mcp-session-id" in response.headers["access-control-expose-headers"].lower()
+
+
 @pytest.mark.parametrize(
     ("value", "origins"),
     [('["https://a.example", "http://localhost:3000"]', ["https://a.example", "http://localhost:3000"]),
