@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from tests.conftest import CORPUS
 def _unit_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     v = rng.normal(size=(n, d)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    return cast(np.ndarray, v / np.linalg.norm(v, axis=1, keepdims=True))
 
 
 def test_search_matches_brute_force() -> None:
@@ -83,7 +84,9 @@ def _realistic(encoder: Encoder, n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     picked = base[rng.integers(0, len(base), n)]
     noisy = picked + rng.normal(scale=0.03, size=picked.shape).astype(np.float32)
-    return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+    return cast(
+        np.ndarray, (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+    )
 
 
 @pytest.fixture(scope="module")

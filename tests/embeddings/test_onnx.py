@@ -8,6 +8,7 @@ import shutil
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -31,8 +32,14 @@ from embeddings.onnx import (
 from qa_service.errors import IndexStaleError
 from qa_service.service import QAService
 
-MODEL_DIR = resolve_model(MINILM_MODEL).path
-assert MODEL_DIR is not None
+
+def _model_dir() -> Path:
+    path = resolve_model(MINILM_MODEL).path
+    assert path is not None
+    return path
+
+
+MODEL_DIR = _model_dir()
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +68,7 @@ def corpus_texts(service: QAService) -> list[str]:
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, axis=1)
+    return cast(np.ndarray, np.sum(a * b, axis=1))
 
 
 def test_fp32_vectors_match_torch_on_corpus_passages(

@@ -11,8 +11,8 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -57,7 +57,20 @@ def _snapshot(client: TestClient, settings: Settings) -> tuple[object, ...]:
     return current_generation_name(settings.index_dir), client.get("/v1/documents").json(), files
 
 
-def _errors(response: httpx.Response, status: int = 422) -> list[dict[str, Any]]:
+class _Response(Protocol):
+    """What the helpers read of a response, from the test client or from httpx."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def content(self) -> bytes: ...
+    @property
+    def text(self) -> str: ...
+
+
+def _errors(response: _Response, status: int = 422) -> list[dict[str, Any]]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
     detail = json.loads(response.content.decode("utf-8"))["detail"]
@@ -65,7 +78,7 @@ def _errors(response: httpx.Response, status: int = 422) -> list[dict[str, Any]]
     return detail
 
 
-def _error_at(response: httpx.Response, loc: list[str | int]) -> dict[str, Any]:
+def _error_at(response: _Response, loc: Sequence[str | int]) -> dict[str, Any]:
     errors = _errors(response)
     found = [e for e in errors if e["loc"] == loc]
     assert found, errors

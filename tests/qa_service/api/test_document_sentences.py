@@ -34,8 +34,8 @@ def test_every_citation_is_a_run_of_whole_sentences(
         for p in reply["passages"]:
             if p["document_id"] not in bounds:
                 document = client.get(f"/v1/documents/{p['document_id']}").json()
-                starts, ends = zip(*document["sentences"], strict=True)
-                bounds[p["document_id"]] = set(starts), set(ends)
+                sentence_starts, sentence_ends = zip(*document["sentences"], strict=True)
+                bounds[p["document_id"]] = set(sentence_starts), set(sentence_ends)
             starts, ends = bounds[p["document_id"]]
             spans = {"merged" if "-" in p["chunk_id"] else "window": (p["start"], p["end"])}
             if "-" not in p["chunk_id"] and windows[p["chunk_id"]] != (p["start"], p["end"]):

@@ -79,7 +79,7 @@ def test_every_passage_is_an_exact_span_within_the_limit(
         a, b = chunked.units[p.first_unit][0], chunked.units[p.last_unit - 1][1]
         assert (a, b) == (p.start, p.end)
     # Nothing with content is lost: every non-space character lies in some passage.
-    covered = set()
+    covered: set[int] = set()
     for p in chunked.passages:
         covered.update(range(p.start, p.end))
     assert all(i in covered for i, ch in enumerate(text) if not ch.isspace())

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import TypedDict
 
 import pytest
 
@@ -23,6 +24,11 @@ STARTUP_SECONDS = 120
 os.environ["RAY_AUTH_MODE"] = "disabled"
 # `ray start`, run by this interpreter (the `ray` script may not be on PATH).
 RAY = [sys.executable, "-m", "ray.scripts.scripts", "start"]
+
+
+class _Output(TypedDict):
+    stdout: int
+    stderr: int
 
 
 def _free_port() -> int:
@@ -46,7 +52,7 @@ def ray_cluster() -> Iterator[str]:
     Ray on the machine."""
     port = _free_port()
     node = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats", "--block"]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    quiet: _Output = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     head = subprocess.Popen(
         [*RAY, "--head", f"--port={port}", "--include-dashboard=false", *node], **quiet
     )

@@ -107,7 +107,7 @@ def url(ray_cluster: str, sharded_settings: Settings, extra_node: Node) -> Itera
     from ray import serve
 
     serving.stop()
-    serve.shutdown()
+    serve.shutdown()  # type: ignore[no-untyped-call]  # Ray Serve is untyped
 
 
 @pytest.fixture(scope="module")
@@ -364,7 +364,7 @@ def test_a_call_a_dying_actor_dropped_is_sent_again(ray_cluster: str, tmp_path: 
                 os._exit(1)
             return "answered"
 
-    actor = DiesOnce.remote()
+    actor = DiesOnce.remote()  # type: ignore[attr-defined]  # added by @ray.remote
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(
             actor.ask.remote()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from qa_service.models import Mode
 from qa_service.query.pipeline import AskOptions
 from qa_service.query.retrieval import Filters
 from qa_service.service import QAService
@@ -15,10 +16,10 @@ def _ranked_ids(service: QAService, question: str, **options: object) -> list[st
 
 
 @pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
-def test_each_mode_answers_with_exact_citations(service: QAService, mode: str) -> None:
+def test_each_mode_answers_with_exact_citations(service: QAService, mode: Mode) -> None:
     answer = service.ask(
         "Which bodies supported the first joint investigation team?", AskOptions(mode=mode)
-    ).answer  # type: ignore[arg-type]
+    ).answer
     assert answer.answerable
     top = answer.passages[0].hit
     assert "UNODC and Eurojust" in top.passage.text
@@ -34,7 +35,7 @@ def test_a_rare_exact_name_is_found_where_dense_alone_misses_it(service: QAServi
     question = "Bjelasnica"
     assert _ranked_ids(service, question, mode="dense")[0] != "003_ae384882abc649e5"
     for mode in ("lexical", "hybrid"):
-        answer = service.ask(question, AskOptions(mode=mode)).answer  # type: ignore[arg-type]
+        answer = service.ask(question, AskOptions(mode=mode)).answer
         assert "Bjelasnica" in answer.passages[0].hit.passage.text
 
 
@@ -47,12 +48,12 @@ def test_an_exact_token_keeps_hybrid_from_abstaining(service: QAService) -> None
 
 
 @pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
-def test_overlapping_windows_are_never_returned_twice(service: QAService, mode: str) -> None:
+def test_overlapping_windows_are_never_returned_twice(service: QAService, mode: Mode) -> None:
     for question in ["trafficking of children", "Council of Europe project", "victims"]:
         passages = [
             r.hit.passage
             for r in service.ask(question, AskOptions(top_k=20, mode=mode)).answer.passages
-        ]  # type: ignore[arg-type]
+        ]
         for i, a in enumerate(passages):
             for b in passages[i + 1 :]:
                 assert a.document_id != b.document_id or a.end <= b.start or b.end <= a.start
