@@ -46,7 +46,13 @@ from qa_service.index.shard_lexical import (
 )
 from qa_service.index.store import IndexData, Manifest
 from qa_service.models import Mode, profile_for
-from qa_service.query.answering import AnswerBuilder, BaseAnswerBuilder, Sentence, sentence_around
+from qa_service.query.answering import (
+    AnswerBuilder,
+    Asked,
+    BaseAnswerBuilder,
+    Sentence,
+    sentence_around,
+)
 from qa_service.query.lexicon import word_counts
 from qa_service.query.retrieval import (
     DENSE_WEIGHT,
@@ -180,11 +186,11 @@ class ShardSearcher:
         return Scored([self.index.passages[i] for i in ids], dense, lexical)
 
     def sentences(
-        self, passages: Sequence[Passage], vectors: Vectors, terms: set[str]
+        self, passages: Sequence[Passage], vectors: Vectors, asked: Asked
     ) -> list[Sentence | None]:
         """The best sentence of each of the shard's `passages` for the question
         (`AnswerBuilder`): the sentence vectors stay on their shard."""
-        return [self._answers.best_sentence(p, vectors, terms) for p in passages]
+        return [self._answers.best_sentence(p, vectors, asked) for p in passages]
 
     def documents(self, ids: Sequence[str]) -> list[tuple[Document, list[Span]]]:
         """The documents and their sentence units (KeyError for one the shard does not hold)."""
@@ -260,7 +266,7 @@ class Shard(Protocol):
         stats: TermStatistics,
     ) -> Scored: ...
     def sentences(
-        self, passages: Sequence[Passage], vectors: Vectors, terms: set[str]
+        self, passages: Sequence[Passage], vectors: Vectors, asked: Asked
     ) -> list[Sentence | None]: ...
     def documents(self, ids: Sequence[str]) -> list[tuple[Document, list[Span]]]: ...
     def heads(self, ids: Sequence[str]) -> list[DocumentHead]: ...
@@ -430,7 +436,7 @@ class ShardedAnswers(BaseAnswerBuilder):
         self._retriever = retriever
 
     def highlights(
-        self, hits: Sequence[Hit], question_vectors: Vectors, terms: set[str]
+        self, hits: Sequence[Hit], question_vectors: Vectors, asked: Asked
     ) -> list[Sentence | None]:
         slots: dict[int, list[int]] = {}  # shard -> the hits it holds
         for slot, hit in enumerate(hits):
@@ -439,7 +445,7 @@ class ShardedAnswers(BaseAnswerBuilder):
 
         def ask(n: int) -> list[Sentence | None]:
             passages = [hits[slot].passage for slot in slots[n]]
-            return shards[n].sentences(passages, question_vectors, terms)
+            return shards[n].sentences(passages, question_vectors, asked)
 
         found: list[Sentence | None] = [None] * len(hits)
         for n, sentences in zip(slots, self._retriever.each_of(ask, slots), strict=True):

@@ -15,6 +15,7 @@ from qa_service.query.answering import (
     PASSAGE_WEIGHT,
     Answer,
     AnswerBuilder,
+    Asked,
     content_terms,
 )
 from qa_service.query.retrieval import Hit
@@ -207,10 +208,10 @@ def test_the_passage_score_weighs_in_the_choice(
     encoder: Encoder, builder: AnswerBuilder, index: IndexData
 ) -> None:
     vectors = encoder.encode_queries([BUILT])
-    terms = content_terms(BUILT)
+    asked = Asked.of(BUILT)
     best, weaker = hit(index, "lighthouse#0", 0.0), hit(index, "lighthouse#1", 0.0)
-    best_sentence = builder.best_sentence(best.passage, vectors, terms)
-    weaker_sentence = builder.best_sentence(weaker.passage, vectors, terms)
+    best_sentence = builder.best_sentence(best.passage, vectors, asked)
+    weaker_sentence = builder.best_sentence(weaker.passage, vectors, asked)
     assert best_sentence is not None and weaker_sentence is not None
     gap = best_sentence.score - weaker_sentence.score
     assert gap > 0.2
@@ -230,11 +231,11 @@ def test_a_sentence_scores_with_the_best_spelling_of_the_question(
     encoder: Encoder, builder: AnswerBuilder, index: IndexData
 ) -> None:
     # Each row of the question vectors is one spelling; an unrelated row must not hurt.
-    terms = content_terms(BUILT)
+    asked = Asked.of(BUILT)
     target = hit(index, "lighthouse#0")
-    alone = builder.best_sentence(target.passage, encoder.encode_queries([BUILT]), terms)
+    alone = builder.best_sentence(target.passage, encoder.encode_queries([BUILT]), asked)
     both = builder.best_sentence(
-        target.passage, encoder.encode_queries(["bread and cakes", BUILT]), terms
+        target.passage, encoder.encode_queries(["bread and cakes", BUILT]), asked
     )
     assert alone is not None and both is not None
     assert (both.start, both.end) == (alone.start, alone.end)
