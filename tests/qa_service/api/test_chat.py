@@ -31,8 +31,9 @@ def test_chat_answers_the_follow_up_in_context(client: TestClient) -> None:
     assert body["query"] == f"{WORKSHOP[0]['content']} How many people attended it?"
     assert body["answerable"] is True
     assert any("The 29 participants" in p["text"] for p in body["passages"])
-    ask = client.post("/v1/ask", json={"question": body["query"], "top_k": 3}).json()
-    assert [p["chunk_id"] for p in ask["passages"]] == [p["chunk_id"] for p in body["passages"]]
+    # Searched for the joined questions (and, densely, the follow-up too): the workshop's report.
+    count = next(p for p in body["passages"] if "The 29 participants" in p["text"])
+    assert body["passages"][0]["document_id"] == count["document_id"]
 
 
 def test_a_standalone_question_is_searched_as_it_is(client: TestClient) -> None:
