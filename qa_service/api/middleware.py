@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from qa_service.api.schemas import OpenAIError, OpenAIErrorBody
+from qa_service.api.schemas import OpenAIError
 
 if TYPE_CHECKING:
     from qa_service.api.metrics import Metrics
@@ -49,7 +49,7 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 QUESTION_PATHS = frozenset({"/v1/ask", "/v1/ask/batch", "/v1/chat"})
 # The OpenAI-compatible routes (routes/openai.py), whose clients read only OpenAI's error shape.
-OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")  # `/v1/models/{id}` too
 _OPENAI_CODES = {413: "request_too_large", 429: "rate_limit_exceeded", 503: "unavailable"}
 MAX_BODY_BYTES = 1024 * 1024
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -61,10 +61,8 @@ def refusal(
     """A request refused before it reaches a route: `{"detail": …}` as the app's own errors,
     or OpenAI's error object on the OpenAI-compatible routes."""
     body: dict[str, Any] = {"detail": message}
-    if scope["path"] == OPENAI_PATHS[0] or scope["path"].startswith(OPENAI_PATHS[1]):
-        kind = "server_error" if status >= 500 else "invalid_request_error"
-        error = OpenAIErrorBody(message=message, type=kind, code=_OPENAI_CODES.get(status))
-        body = OpenAIError(error=error).model_dump()
+    if scope["path"].startswith(OPENAI_PATHS):
+        body = OpenAIError.of(status, message, code=_OPENAI_CODES.get(status)).model_dump()
     return JSONResponse(body, status_code=status, headers=headers)
 
 

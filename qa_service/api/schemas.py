@@ -488,6 +488,13 @@ class OpenAIError(BaseModel):
 
     error: OpenAIErrorBody
 
+    @classmethod
+    def of(
+        cls, status: int, message: str, param: str | None = None, code: str | None = None
+    ) -> OpenAIError:
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        return cls(error=OpenAIErrorBody(message=message, type=kind, param=param, code=code))
+
 
 class BatchResponse(BaseModel):
     results: list[AskResponse] = Field(description="One /v1/ask response per question, in order.")

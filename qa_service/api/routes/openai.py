@@ -35,7 +35,6 @@ from qa_service.api.schemas import (
     MAX_TOP_K,
     AskResponse,
     OpenAIError,
-    OpenAIErrorBody,
     PassageOut,
     Text,
 )
@@ -52,15 +51,14 @@ MAX_ERROR_CHARS = 300
 
 
 def openai_error(
-    status: int, message: str, kind: str = "invalid_request_error",
-    param: str | None = None, code: str | None = None,
-) -> JSONResponse:  # fmt: skip
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> JSONResponse:
     headers: dict[str, str] = {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     elif status == 503:
         headers["Retry-After"] = RETRY_AFTER_SECONDS
-    body = OpenAIError(error=OpenAIErrorBody(message=message, type=kind, param=param, code=code))
+    body = OpenAIError.of(status, message, param, code)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
@@ -94,12 +92,10 @@ class OpenAIRoute(APIRoute):
                 return _validation_error(exc)
             except QAError as exc:
                 status = _status(exc)
-                kind = "server_error" if status >= 500 else "invalid_request_error"
                 code = {401: "invalid_api_key", 403: "forbidden", 503: "unavailable"}.get(status)
-                return openai_error(status, str(exc)[:MAX_ERROR_CHARS], kind, code=code)
+                return openai_error(status, str(exc)[:MAX_ERROR_CHARS], code=code)
             except HTTPException as exc:
-                kind = "server_error" if exc.status_code >= 500 else "invalid_request_error"
-                return openai_error(exc.status_code, str(exc.detail)[:MAX_ERROR_CHARS], kind)
+                return openai_error(exc.status_code, str(exc.detail)[:MAX_ERROR_CHARS])
 
         return handle
 
