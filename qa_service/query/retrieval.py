@@ -322,21 +322,28 @@ class Retriever:
         return best
 
     def _diversify(self, hits: list[Hit], k: int, diversity: float) -> list[Hit]:
-        """Maximal marginal relevance over `hits` (best first): the `k` to return, in order."""
-        if len(hits) <= 1:
-            return hits[:k]
-        vectors = self._index.vectors.vectors(np.asarray([h.row for h in hits], dtype=np.int64))
-        similarity = vectors @ vectors.T
-        relevance = np.asarray([h.score for h in hits])
-        picked = [0]
-        closest = similarity[0].copy()  # each hit's highest cosine with a picked one
-        while len(picked) < min(k, len(hits)):
-            value = (1 - diversity) * relevance - diversity * closest
-            value[picked] = -np.inf
-            best = int(np.argmax(value))
-            picked.append(best)
-            closest = np.maximum(closest, similarity[best])
-        return [hits[n] for n in picked]
+        rows = np.asarray([h.row for h in hits], dtype=np.int64)
+        return most_relevant_and_diverse(hits, self._index.vectors.vectors(rows), k, diversity)
+
+
+def most_relevant_and_diverse(
+    hits: Sequence[Hit], vectors: Vectors, k: int, diversity: float
+) -> list[Hit]:
+    """Maximal marginal relevance over `hits` (best first, `vectors` their passages'): the `k`
+    to return, in order."""
+    if len(hits) <= 1:
+        return list(hits[:k])
+    similarity = vectors @ vectors.T
+    relevance = np.asarray([h.score for h in hits])
+    picked = [0]
+    closest = similarity[0].copy()  # each hit's highest cosine with a picked one
+    while len(picked) < min(k, len(hits)):
+        value = (1 - diversity) * relevance - diversity * closest
+        value[picked] = -np.inf
+        best = int(np.argmax(value))
+        picked.append(best)
+        closest = np.maximum(closest, similarity[best])
+    return [hits[n] for n in picked]
 
 
 def check_request(k: int, mode: Mode, diversity: float) -> None:

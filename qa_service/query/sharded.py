@@ -56,6 +56,7 @@ from qa_service.query.answering import (
 from qa_service.query.lexicon import word_counts
 from qa_service.query.retrieval import (
     DENSE_WEIGHT,
+    DIVERSITY_POOL,
     LEXICAL_SUPPORT_COVERAGE,
     Filters,
     Hit,
@@ -67,6 +68,7 @@ from qa_service.query.retrieval import (
     fused_scores,
     lexical_coverage,
     merge_overlaps,
+    most_relevant_and_diverse,
     search_depth,
     tie_order,
 )
@@ -185,6 +187,10 @@ class ShardSearcher:
             lexical = self._bm25(plan, stats)[rows].astype(np.float64)
         return Scored([self.index.passages[i] for i in ids], dense, lexical)
 
+    def vectors(self, ids: Sequence[int]) -> Vectors:
+        """The vectors of the passages at `ids`: diversity compares the hits with each other."""
+        return self.index.vectors.vectors(np.asarray(ids, dtype=np.int64))
+
     def sentences(
         self, passages: Sequence[Passage], vectors: Vectors, asked: Asked
     ) -> list[Sentence | None]:
@@ -265,6 +271,7 @@ class Shard(Protocol):
         plan: QueryPlan | None,
         stats: TermStatistics,
     ) -> Scored: ...
+    def vectors(self, ids: Sequence[int]) -> Vectors: ...
     def sentences(
         self, passages: Sequence[Passage], vectors: Vectors, asked: Asked
     ) -> list[Sentence | None]: ...
@@ -293,6 +300,7 @@ class ShardedRetriever:
         self._offsets = np.cumsum([0, *self.each(lambda s: s.passages)])
         self.passages = int(self._offsets[-1])
         self.model = first.model
+        self.dimension = first.dimension
         self.dense_weight = dense_weight
         self.profile = profile_for(first.model)
         # The global BM25 statistics: to be summed again after every write to a shard.
@@ -350,9 +358,8 @@ class ShardedRetriever:
     ) -> list[list[Hit]]:
         """`Retriever.retrieve` over all the shards' passages."""
         check_request(k, mode, diversity)
-        if diversity:
-            raise ValueError("diversity across shards is not supported yet")
-        depth = search_depth(k, self.passages)
+        pool = k * DIVERSITY_POOL if diversity > 0 else k
+        depth = search_depth(pool, self.passages)
         if depth == 0 or not queries:
             return [[] for _ in queries]
         plans: list[QueryPlan | None] = [
@@ -377,9 +384,26 @@ class ShardedRetriever:
             coverage = query.coverage if mode == "hybrid" else 1.0
             weight = query.translation.coverage if query.translation else coverage
             dense_support = coverage < LEXICAL_SUPPORT_COVERAGE
-            results.append(self._rank(list(candidates), query, plan, mode, k, weight,
-                                      dense_support))  # fmt: skip
+            hits = self._rank(list(candidates), query, plan, mode, pool, weight, dense_support)
+            results.append(self._diversify(hits, k, diversity) if diversity > 0 else hits)
         return results
+
+    def _diversify(self, hits: list[Hit], k: int, diversity: float) -> list[Hit]:
+        """`Retriever`'s maximal marginal relevance, the hits' vectors fetched from their
+        shards."""
+        if len(hits) <= 1:
+            return hits[:k]
+        slots: dict[int, list[int]] = {}  # shard -> the hits it holds
+        for slot, hit in enumerate(hits):
+            slots.setdefault(self.owner(hit.row)[0], []).append(slot)
+        vectors = np.empty((len(hits), self.dimension), dtype=np.float32)
+
+        def fetch(n: int) -> Vectors:
+            return self._shards[n].vectors([self.owner(hits[slot].row)[1] for slot in slots[n]])
+
+        for n, found in zip(slots, self.each_of(fetch, slots), strict=True):
+            vectors[slots[n]] = found
+        return most_relevant_and_diverse(hits, vectors, k, diversity)
 
     def _rank(
         self,

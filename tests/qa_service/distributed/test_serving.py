@@ -30,6 +30,7 @@ from qa_service.distributed.service import ShardedService
 from qa_service.errors import ClusterError
 from qa_service.index.shards import ShardLayout, shard_of
 from qa_service.index.store import current_generation_name, load_index
+from qa_service.query.pipeline import AskOptions
 from qa_service.query.sharded import ShardSearcher
 from tests.qa_service.conftest import free_port
 from tests.qa_service.distributed.conftest import RAY
@@ -136,6 +137,13 @@ def test_the_api_on_ray_serve_answers_as_the_shards_do_in_process(
     for question in _questions(dev_questions):
         assert_same(_without_time(_ask(url, question)),
                     _without_time(response(in_process.ask(question))))  # fmt: skip
+    question = _questions(dev_questions)[0]  # diversity: the hits' vectors come from the shards
+    diverse = httpx.post(f"{url}/v1/ask", json={"question": question, "diversity": 0.8}, timeout=60)
+    expected = response(in_process.ask(question, AskOptions(diversity=0.8)))
+    assert diverse.status_code == 200, diverse.text
+    found = AskResponse.model_validate(diverse.json()).model_dump()
+    assert_same(_without_time(found), _without_time(expected))
+    assert expected["passages"] != response(in_process.ask(question))["passages"]
     ready = httpx.get(f"{url}/readyz").json()
     assert ready["documents"] == len(in_process.index.documents) == 5
     assert ready["passages"] == len(in_process.index.passages)

@@ -95,6 +95,11 @@ def test_shards_rank_as_one_index(
     ]
     for k in (1, 5, 12):
         _same(sharded.retrieve(search, k, mode), single.retrieve(search, k, mode))
+    # Maximal marginal relevance, the hits' vectors fetched from their shards.
+    for diversity in (0.3, 1.0):
+        diverse = single.retrieve(search, 5, mode, diversity=diversity)
+        _same(sharded.retrieve(search, 5, mode, diversity=diversity), diverse)
+    assert diverse != single.retrieve(search, 5, mode)  # it changed something
     some = Filters(document_ids=frozenset(ids[1:4]))
     _same(sharded.retrieve(search, 5, mode, some), single.retrieve(search, 5, mode, some))
     none = Filters(document_ids=frozenset({"no-such-document"}))
@@ -113,5 +118,5 @@ def test_shards_that_do_not_belong_together_are_refused(service: QAService) -> N
     with pytest.raises(ValueError, match="needs its term counts"):
         ShardSearcher(shards[1])  # not built as a shard
     sharded = ShardedRetriever([ShardSearcher(s, t) for s, t in zip(shards, terms, strict=True)])
-    with pytest.raises(ValueError, match="diversity across shards"):
-        sharded.retrieve([], 5, diversity=0.3)
+    with pytest.raises(ValueError, match="diversity must lie in"):
+        sharded.retrieve([], 5, diversity=1.3)
