@@ -219,9 +219,9 @@ def test_bf16_passages_are_the_float32_graphs(onnx_e5: E5OnnxEncoder) -> None:
     # Measured: passages min 0.999989, sentences min 0.999988.
     assert np.sum(a * b, axis=1).min() >= 0.9999
     a_all, b_all = np.concatenate(a_spans), np.concatenate(b_spans)
-    read = a_all.any(axis=1)  # a span with no word piece has none
-    assert np.array_equal(read, b_all.any(axis=1)) and read.sum() >= 30
-    assert np.sum(a_all[read] * b_all[read], axis=1).min() >= 0.9999
+    pieces = a_all.any(axis=1)  # a span with no word piece has no vector
+    assert np.array_equal(pieces, b_all.any(axis=1)) and pieces.sum() >= 30
+    assert np.sum(a_all[pieces] * b_all[pieces], axis=1).min() >= 0.9999
     np.testing.assert_allclose(b, bf16.encode_passages(texts), atol=1e-6)  # same batches
     asked = questions(4)
     np.testing.assert_array_equal(bf16.encode_queries(asked), fp32.encode_queries(asked))
