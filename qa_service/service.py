@@ -13,7 +13,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +105,7 @@ class TimedAnswer:
     took_ms: float
     # Documents the answer cites (at least), of the index it came from: a write after it
     # cannot remove them.
-    documents: Mapping[str, Document | DocumentHead]
+    documents: Mapping[str, DocumentHead]
 
 
 def configured_model(settings: Settings) -> tuple[str, EncoderBackend]:
@@ -177,6 +177,7 @@ class Catalogue(Protocol):
     @property
     def passages(self) -> Sized: ...
     def passage_counts(self) -> dict[str, int]: ...
+    def heads(self, ids: Iterable[str]) -> Mapping[str, DocumentHead]: ...
 
 
 class AnsweringService(ABC):
@@ -218,11 +219,10 @@ class AnsweringService(ABC):
         """What one call answers from, taken once: it sees the collection before or after a
         write, never a mix."""
 
-    def _cited(
-        self, catalogue: Catalogue, answers: Sequence[Answer]
-    ) -> Mapping[str, Document | DocumentHead]:
-        """The documents the answers cite (at least)."""
-        return catalogue.documents
+    def _cited(self, catalogue: Catalogue, answers: Sequence[Answer]) -> Mapping[str, DocumentHead]:
+        """What the answers' citations name of their documents (over shards, one call to each
+        shard that holds some)."""
+        return catalogue.heads(p.hit.passage.document_id for a in answers for p in a.passages)
 
     @property
     def min_score(self) -> float:

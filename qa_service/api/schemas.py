@@ -339,7 +339,7 @@ class AskResponse(BaseModel):
 
     @classmethod
     def from_answer(
-        cls, answer: Answer, documents: Mapping[str, Document | DocumentHead], took_ms: float
+        cls, answer: Answer, documents: Mapping[str, DocumentHead], took_ms: float
     ) -> Self:
         passages = []
         for ranked in answer.passages:
@@ -420,6 +420,7 @@ class DocumentSummary(BaseModel):
 
 
 class DocumentList(BaseModel):
+    total: int = Field(description="Documents in the collection; `documents`: the page asked for.")
     documents: list[DocumentSummary]
 
 

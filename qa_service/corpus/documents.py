@@ -36,6 +36,10 @@ class Document:
     # Offset in `text` where each PDF page starts; empty for formats without pages.
     page_starts: tuple[int, ...] = ()
 
+    @property
+    def head(self) -> DocumentHead:
+        return DocumentHead(self.id, self.title, self.source)
+
     def page_at(self, offset: int) -> int | None:
         """1-based page holding character `offset`, or None for formats without pages."""
         if not self.page_starts:

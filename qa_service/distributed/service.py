@@ -9,13 +9,12 @@ shards, so the answers, their scores and their citations are those one index wou
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from qa_service.corpus.acronyms import Acronyms
-from qa_service.corpus.documents import Document, DocumentHead
 from qa_service.models import Mode
-from qa_service.query.answering import Answer
 from qa_service.query.pipeline import Encode, QueryPipeline
+from qa_service.query.reading import PassageReader
 from qa_service.query.retrieval import DENSE_WEIGHT
 from qa_service.query.sharded import (
     Shard,
@@ -23,7 +22,7 @@ from qa_service.query.sharded import (
     ShardedAnswers,
     ShardedRetriever,
 )
-from qa_service.service import AnsweringService, Catalogue
+from qa_service.service import AnsweringService
 
 WRITES_REFUSED = (
     "shards served in one process are read only: serve them with `qa serve --ray`, which writes "
@@ -44,12 +43,14 @@ class ShardedService(AnsweringService):
         mode: Mode = "hybrid",
         dense_weight: float = DENSE_WEIGHT,
         max_wait: float | None = None,
+        reader: PassageReader | None = None,
     ) -> None:
-        """`encode` is the question encoder of the model the shards were built with."""
+        """`encode` is the question encoder of the model the shards were built with; the
+        `reader` reads the hits here, where their passages' texts already are."""
         if not shards:
             raise ValueError("at least one shard")
         model = shards[0].manifest.model
-        super().__init__(model, encode, min_score, top_k, mode, max_wait, None)
+        super().__init__(model, encode, min_score, top_k, mode, max_wait, reader)
         self.shards = list(shards)
         self.dense_weight = dense_weight
         self._live = self._load()
@@ -81,10 +82,3 @@ class ShardedService(AnsweringService):
 
     def _snapshot(self) -> tuple[ShardCatalogue, QueryPipeline]:
         return self._live
-
-    def _cited(
-        self, catalogue: Catalogue, answers: Sequence[Answer]
-    ) -> Mapping[str, Document | DocumentHead]:
-        """Their titles and sources, fetched from their shards (one call per shard)."""
-        assert isinstance(catalogue, ShardCatalogue)
-        return catalogue.heads(p.hit.passage.document_id for a in answers for p in a.passages)

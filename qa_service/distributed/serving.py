@@ -49,7 +49,7 @@ from qa_service.index.store import (
 from qa_service.index.writes import DocumentUpdater, NewDocument, WriteMode, WriteResult
 from qa_service.query.pipeline import Encode, QueryPipeline
 from qa_service.query.sharded import ShardCatalogue, ShardSearcher
-from qa_service.service import WRITE_LOCK_TIMEOUT, make_splitter
+from qa_service.service import WRITE_LOCK_TIMEOUT, load_configured_reader, make_splitter
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -353,7 +353,7 @@ class ClusterService(ShardedService):
     def __init__(self, shards: list[RemoteShard], encode: Encode, settings: Settings) -> None:
         super().__init__(
             shards, encode, settings.min_score, settings.top_k, settings.mode,
-            settings.dense_weight, settings.max_wait_seconds,
+            settings.dense_weight, settings.max_wait_seconds, load_configured_reader(settings),
         )  # fmt: skip
         self._remote = shards
         self._writes = threading.Lock()  # a write and the reload after it, one at a time
@@ -453,8 +453,7 @@ class Ingress:
 def check_servable(settings: Settings) -> tuple[ShardLayout, str, EncoderBackend]:
     """The layout to serve, every shard checked, and the model that built it and its backend,
     before any replica starts."""
-    if settings.reader:
-        raise ClusterError("the reader is not served on Ray yet: set QA_READER=false")
+    load_configured_reader(settings)  # a missing or damaged reader, refused before replicas
     layout = ShardLayout.read(settings.index_dir)
     layout.manifests(settings.index_dir)
     model, backend = recorded_backend(layout.model)

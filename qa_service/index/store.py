@@ -19,7 +19,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -35,7 +35,7 @@ from embeddings.files import file_sha256, fsync_dir, locked
 from embeddings.index import IndexConfig, check_params
 from qa_service.corpus.acronyms import Definition, definitions
 from qa_service.corpus.chunking import Passage, Span
-from qa_service.corpus.documents import Document
+from qa_service.corpus.documents import Document, DocumentHead
 from qa_service.errors import IndexBusyError, IndexCorruptError, IndexNotFoundError
 from qa_service.index.lexical import LexicalIndex
 from qa_service.index.shard_lexical import TermCounts
@@ -124,6 +124,10 @@ class IndexData:
 
     def passage_counts(self) -> dict[str, int]:
         return {doc_id: len(ids) for doc_id, ids in self.passage_ids.items()}
+
+    def heads(self, ids: Iterable[str]) -> dict[str, DocumentHead]:
+        """What a listing or a citation names of these documents; ids not held are left out."""
+        return {i: self.documents[i].head for i in ids if i in self.documents}
 
     def unit_rows(self, passage: Passage) -> range:
         offset = self.unit_offsets[passage.document_id]

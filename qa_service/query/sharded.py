@@ -205,7 +205,7 @@ class ShardSearcher:
     def heads(self, ids: Sequence[str]) -> list[DocumentHead]:
         """What citations name of these documents (KeyError for one the shard does not hold)."""
         documents = self.index.documents
-        return [DocumentHead(i, documents[i].title, documents[i].source) for i in ids]
+        return [documents[i].head for i in ids]
 
     def passage_counts(self) -> dict[str, int]:
         """Each document's passage count, in the shard's document order."""

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import uuid
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -70,16 +70,29 @@ _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     422: _error("A bad id, or a document that is unreadable or empty (the reason is given)."),
 }
 
+Offset = Annotated[int, Query(ge=0, description="Documents to skip.")]
+Limit = Annotated[int | None, Query(ge=1, description="At most this many (default: all).")]
+
 
 @router.get("", dependencies=[ReadAccess], responses=_AUTH_ERRORS)
-def list_documents(service: ServiceDep) -> DocumentList:
+def list_documents(
+    service: ServiceDep,
+    offset: Offset = 0,
+    limit: Limit = None,
+) -> DocumentList:
+    """The collection's documents in a stable order (the index's) while nothing is written;
+    `total` counts them all, so a client pages with `offset` and `limit`."""
     index = service.index  # one snapshot: a write meanwhile cannot mix two states
     counts = index.passage_counts()
+    ids = list(index.documents)  # the ids alone: over shards, no document is fetched
+    page = ids[offset:] if limit is None else ids[offset : offset + limit]
+    heads = index.heads(page)
     return DocumentList(
+        total=len(ids),
         documents=[
-            DocumentSummary(id=d.id, title=d.title, source=d.source, passages=counts[d.id])
-            for d in index.documents.values()
-        ]
+            DocumentSummary(id=i, title=heads[i].title, source=heads[i].source, passages=counts[i])
+            for i in page
+        ],
     )
 
 

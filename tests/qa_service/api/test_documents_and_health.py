@@ -16,6 +16,24 @@ def test_documents_are_listed_with_passage_counts(client: TestClient) -> None:
     assert all(d["passages"] > 0 for d in documents)
 
 
+def test_documents_are_listed_a_page_at_a_time(client: TestClient) -> None:
+    everything = client.get("/v1/documents").json()
+    assert everything["total"] == len(everything["documents"]) == 5
+    ids = [d["id"] for d in everything["documents"]]
+    pages = [
+        client.get("/v1/documents", params={"offset": n, "limit": 2}).json() for n in (0, 2, 4)
+    ]
+    assert [d["id"] for page in pages for d in page["documents"]] == ids
+    assert [len(page["documents"]) for page in pages] == [2, 2, 1]
+    assert all(page["total"] == 5 for page in pages)
+    assert pages[1]["documents"] == everything["documents"][2:4]
+    past = client.get("/v1/documents", params={"offset": 9}).json()
+    assert past == {"total": 5, "documents": []}
+    for name, bad in (("offset", -1), ("limit", 0), ("limit", "ten")):
+        refused = client.get("/v1/documents", params={name: bad})
+        assert refused.status_code == 422 and name in refused.text, (name, bad)
+
+
 def test_document_has_text_and_metadata(client: TestClient) -> None:
     document = client.get("/v1/documents/002_1e161a6a470d0d70").json()
     assert document["metadata"]["publisher"] == "UNODC"

@@ -32,8 +32,9 @@ def sharded(service: QAService, groups: int) -> ShardedService:
     shards, terms = split(service.index, [ids[n::groups] for n in range(groups)])
     searchers = [ShardSearcher(s, t) for s, t in zip(shards, terms, strict=True)]
     return ShardedService(
-        searchers, service.encoder.encode_queries, None, service.top_k, service.mode
-    )
+        searchers, service.encoder.encode_queries, None, service.top_k, service.mode,
+        reader=service.reader,
+    )  # fmt: skip
 
 
 def response(timed: TimedAnswer) -> dict[str, Any]:
@@ -54,7 +55,7 @@ def assert_same(mine: dict[str, Any], theirs: dict[str, Any]) -> None:
             assert value == theirs[key], key
 
 
-@pytest.mark.parametrize("name", ["service", "e5_service"])
+@pytest.mark.parametrize("name", ["service", "e5_service", "read_service"])
 def test_shards_answer_as_one_index(
     request: pytest.FixtureRequest, dev_questions: list[dict[str, Any]], name: str
 ) -> None:
@@ -63,6 +64,8 @@ def test_shards_answer_as_one_index(
     answers = service.ask_many(questions)
     assert any(a.answer.answerable for a in answers)
     assert any(not a.answer.answerable for a in answers)
+    read = [p["reader_score"] for a in answers for p in response(a)["passages"]]
+    assert any(score is not None for score in read) == (service.reader is not None)
     for groups in (2, 3):
         over_shards = sharded(service, groups)
         for mine, theirs in zip(over_shards.ask_many(questions), answers, strict=True):
@@ -90,6 +93,8 @@ def test_the_api_over_shards(settings: Settings, service: QAService) -> None:
         listed = mine.get("/v1/documents").json()["documents"]
         expected = theirs.get("/v1/documents").json()["documents"]
         assert sorted(listed, key=lambda d: d["id"]) == sorted(expected, key=lambda d: d["id"])
+        page = mine.get("/v1/documents", params={"offset": 1, "limit": 3}).json()
+        assert page == {"total": 5, "documents": listed[1:4]}
         some = expected[0]["id"]
         assert (
             mine.get(f"/v1/documents/{some}").json() == theirs.get(f"/v1/documents/{some}").json()

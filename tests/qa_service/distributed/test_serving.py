@@ -19,7 +19,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from embeddings import MINILM_MODEL, Encoder
+from embeddings import MINILM_MODEL, Encoder, ModelNotAvailableError
 from qa_service.api.schemas import AskResponse
 from qa_service.cli import app
 from qa_service.config import Settings
@@ -27,7 +27,6 @@ from qa_service.distributed import serving
 from qa_service.distributed.cluster import connect
 from qa_service.distributed.indexing import build_shards
 from qa_service.distributed.service import ShardedService
-from qa_service.errors import ClusterError
 from qa_service.index.shards import ShardLayout, shard_of
 from qa_service.index.store import current_generation_name, load_index
 from qa_service.query.pipeline import AskOptions
@@ -214,11 +213,13 @@ def test_killed_replicas_lose_no_request_and_come_back(
         assert_same(answer, expected[question])
 
 
-def test_serving_what_is_not_a_shard_layout_is_refused(settings: Settings) -> None:
+def test_serving_what_is_not_a_shard_layout_is_refused(settings: Settings, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="no sharded index"):
         serving.check_servable(settings)
-    with pytest.raises(ClusterError, match="QA_READER=false"):
-        serving.check_servable(settings.model_copy(update={"reader": True}))
+    # The reader is served (the ingress reads the hits), but a missing one is refused first.
+    missing = settings.model_copy(update={"reader": True, "reader_dir": tmp_path})
+    with pytest.raises(ModelNotAvailableError, match="reader"):
+        serving.check_servable(missing)
 
 
 NEW_TEXT = (
