@@ -17,7 +17,25 @@ from qa_service.query.answer_kinds import expected_kind, holds
         ("What is GRETA?", None),
         ("Who took part in the meeting in Skopje?", None),
         ("What happens when a child is identified?", None),  # "when" not asking for a time
-        ("Koliko je ljudi uhapšeno?", None),  # another language: no kind
+        # The languages of the default corpus's readers.
+        ("Koliko je ljudi uhapšeno?", "quantity"),
+        ("Kolika je kazna za trgovinu ljudima?", "quantity"),
+        ("Колико је деце идентификовано?", "quantity"),
+        ("Колку луѓе присуствуваа?", "quantity"),
+        ("Sa fëmijë u identifikuan si viktima?", "quantity"),
+        ("Çfarë përqindje e viktimave janë fëmijë?", "quantity"),
+        ("Koji je postotak djece među žrtvama?", "quantity"),
+        ("Kada je objavljen izvještaj?", "time"),
+        ("Када је усвојен закон?", "time"),
+        ("Кога е основана мрежата?", "time"),
+        ("Kur u themelua rrjeti?", "time"),
+        ("Koje je godine usvojena Konvencija?", "time"),
+        ("Во која година беше донесен законот?", "time"),
+        ("Në cilin vit u miratua ligji?", "time"),
+        ("Ko je izvršni sekretar Konvencije?", None),
+        ("Çfarë është GRETA?", None),
+        ("A është Shqipëria palë e Konventës sa i përket fëmijëve?", None),  # "sa" inside
+        ("Wie viele Kinder wurden identifiziert?", None),  # another language: no kind
     ],
 )
 def test_the_kind_of_answer_a_question_asks_for(question: str, kind: str | None) -> None:
