@@ -30,7 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._server import SHARED_EVAL, rss_mib  # noqa: E402
+from _server import SHARED_EVAL, rss_mib  # noqa: E402
+
 from embeddings import MINILM_MODEL, VectorIndex, load_encoder  # noqa: E402
 from embeddings.index import IndexConfig  # noqa: E402
 from qa_service.corpus.chunking import PassageSplitter  # noqa: E402

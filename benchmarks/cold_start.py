@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 # taken); QA_MODEL=intfloat/multilingual-e5-small measures the product's default.
 os.environ.setdefault("QA_MODEL", "sentence-transformers/all-MiniLM-L6-v2")
 
-from benchmarks._server import rss_mib  # noqa: E402
+from _server import rss_mib  # noqa: E402
+
 from embeddings import MINILM_MODEL, VectorIndex, load_encoder  # noqa: E402
 from embeddings.files import file_sha256  # noqa: E402
 from embeddings.index import IndexConfig  # noqa: E402
@@ -119,7 +120,7 @@ def report(label: str, corpus: Path, index_dir: Path, runs: int) -> None:
 
 def large_index(corpus: Path, index_dir: Path, passages: int) -> None:
     """A synthetic index of about `passages` passages: SciFact copied under new ids."""
-    from benchmarks.ann import _cached_scifact
+    from ann import _cached_scifact
 
     encoder = load_encoder(MINILM_MODEL)
     base = _cached_scifact(encoder.name)

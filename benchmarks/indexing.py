@@ -33,14 +33,33 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 
 from _server import ROOT, SHARED_EVAL
 
+if TYPE_CHECKING:
+    from embeddings import Encoder
+    from embeddings.base import Span
+    from embeddings.base import Vectors as VectorArray
+    from embeddings.index import Ids, IndexConfig
+    from qa_service.config import Settings
+    from qa_service.corpus.chunking import PassageSplitter
+    from qa_service.index.encode import Progress
+
 SCIFACT = SHARED_EVAL / "scifact" / "corpus.jsonl"
 BATCH = 32
+
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class TextsFunction(Protocol[P, R_co]):
+    """A function of texts and more, such as `Encoder.encode_passages`."""
+
+    def __call__(self, texts: Sequence[str], *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 
 
 def run_measured(args: list[str], log: Path) -> tuple[float, float]:
@@ -68,6 +87,13 @@ def vm_hwm_mib() -> float:
 # Child: `qa index` with its stages timed
 
 
+def _patch(owner: object, name: str, value: object) -> None:
+    """`owner.name = value`, where mypy allows no assignment: a method of an object, or a name
+    that a module imports from another (strict mypy re-exports no imported name). `timed` keeps
+    each wrapped function's type, so `value` has the type of what it replaces."""
+    setattr(owner, name, value)
+
+
 def _index_child(corpus: Path, index_dir: Path, out: Path) -> None:
     started = time.perf_counter()
     import numpy as np
@@ -75,6 +101,13 @@ def _index_child(corpus: Path, index_dir: Path, out: Path) -> None:
     import qa_service.cli.main as cli
     import qa_service.index.build as ix
     import qa_service.service as service
+    from embeddings import VectorIndex
+    from qa_service.cli.common import ProgressBars
+    from qa_service.corpus.documents import load_corpus
+    from qa_service.corpus.fingerprint import corpus_files
+    from qa_service.index.encode import previous_index_cache
+    from qa_service.index.lexical import LexicalIndex
+    from qa_service.index.store import save_index
 
     imported = time.perf_counter() - started
     seconds: dict[str, float] = defaultdict(float)
@@ -82,8 +115,8 @@ def _index_child(corpus: Path, index_dir: Path, out: Path) -> None:
     counts: dict[str, int] = defaultdict(int)
     label = ["encoding"]
 
-    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def timed(name: str, fn: Callable[P, R]) -> Callable[P, R]:
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
@@ -93,58 +126,66 @@ def _index_child(corpus: Path, index_dir: Path, out: Path) -> None:
 
         return wrapper
 
-    load_encoder = cli.load_configured_encoder
+    # The originals come from the modules that define them: the objects cli and ix imported.
+    load_encoder = service.load_configured_encoder
 
-    def timed_encoder(settings: Any) -> Any:
+    def timed_encoder(settings: Settings) -> Encoder:
         encoder = timed("loading the model", load_encoder)(settings)
         token_spans = encoder.token_spans
         encode_passages, encode_in_context = encoder.encode_passages, encoder.encode_in_context
 
-        def spans(texts: Any) -> Any:
+        def spans(texts: Sequence[str]) -> list[list[Span]]:
             t0 = time.perf_counter()
             try:
                 return token_spans(texts)
             finally:
                 seconds["  of which tokenizing"] += time.perf_counter() - t0
 
-        def counted(fn: Callable[..., Any]) -> Callable[..., Any]:
-            def encode(texts: Any, *args: Any, **kwargs: Any) -> Any:
+        def counted(fn: TextsFunction[P, R]) -> TextsFunction[P, R]:
+            def encode(texts: Sequence[str], *args: P.args, **kwargs: P.kwargs) -> R:
                 counts[label[0]] += len(texts)
                 return timed(label[0], fn)(texts, *args, **kwargs)
 
             return encode
 
-        encoder.token_spans = spans
-        encoder.encode_passages = counted(encode_passages)
-        encoder.encode_in_context = counted(encode_in_context)
+        _patch(encoder, "token_spans", spans)
+        _patch(encoder, "encode_passages", counted(encode_passages))
+        _patch(encoder, "encode_in_context", counted(encode_in_context))
         return encoder
 
     make_splitter = service.make_splitter
 
-    def timed_splitter(settings: Any, encoder: Any) -> Any:
+    def timed_splitter(settings: Settings, encoder: Encoder) -> PassageSplitter:
         splitter = make_splitter(settings, encoder)
-        splitter.split = timed("splitting", splitter.split)
+        _patch(splitter, "split", timed("splitting", splitter.split))
         return splitter
 
-    class Bars(cli.ProgressBars):  # type: ignore[misc]
-        def __call__(self, name: str, total: int) -> Any:
+    class Bars(ProgressBars):
+        def __call__(self, name: str, total: int) -> Progress:
             label[0] = f"encoding {name}"
             return super().__call__(name, total)
 
-    class Lexical(ix.LexicalIndex):  # type: ignore[misc]
-        build = classmethod(timed("BM25 index", ix.LexicalIndex.build.__func__))
+    class Lexical(LexicalIndex):
+        @classmethod
+        def build(cls, texts: Sequence[str]) -> LexicalIndex:
+            return timed("BM25 index", super().build)(texts)
 
-    class Vectors(ix.VectorIndex):  # type: ignore[misc]
-        build = classmethod(timed("FAISS index", ix.VectorIndex.build.__func__))
+    class Vectors(VectorIndex):
+        @classmethod
+        def build(
+            cls, vectors: VectorArray, ids: Ids | None = None, config: IndexConfig | None = None
+        ) -> VectorIndex:
+            return timed("FAISS index", super().build)(vectors, ids, config)
 
-    cli.load_configured_encoder = timed_encoder
+    _patch(cli, "load_configured_encoder", timed_encoder)
     service.make_splitter = timed_splitter
-    cli.ProgressBars = Bars
-    ix.LexicalIndex, ix.VectorIndex = Lexical, Vectors
-    ix.corpus_files = timed("hashing the corpus files", ix.corpus_files)
-    ix.load_corpus = timed("loading the documents", ix.load_corpus)
-    ix.previous_index_cache = timed("reading a previous index", ix.previous_index_cache)
-    ix.save_index = timed("writing the generation", ix.save_index)
+    _patch(cli, "ProgressBars", Bars)
+    _patch(ix, "LexicalIndex", Lexical)
+    _patch(ix, "VectorIndex", Vectors)
+    _patch(ix, "corpus_files", timed("hashing the corpus files", corpus_files))
+    _patch(ix, "load_corpus", timed("loading the documents", load_corpus))
+    _patch(ix, "previous_index_cache", timed("reading a previous index", previous_index_cache))
+    _patch(ix, "save_index", timed("writing the generation", save_index))
 
     t0 = time.perf_counter()
     cli.app(["index", "--corpus-dir", str(corpus), "--index-dir", str(index_dir)],

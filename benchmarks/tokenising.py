@@ -24,10 +24,10 @@ SCIFACT = ROOT.parent / "shared" / "eval" / "scifact" / "corpus.jsonl"
 
 
 def texts(count: int) -> list[str]:
-    pieces = []
+    pieces: list[str] = []
     with SCIFACT.open(encoding="utf-8") as f:
         for line in f:
-            text = json.loads(line)["text"]
+            text: str = json.loads(line)["text"]
             pieces.extend(text[i : i + 520].lower() for i in range(0, len(text), 500))
     return (pieces * (count // len(pieces) + 1))[:count]
 

@@ -25,15 +25,23 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from _server import SHARED_EVAL
 
+if TYPE_CHECKING:
+    from qa_service.index.writes import NewDocument
+    from qa_service.service import QAService
+
 SCIFACT = SHARED_EVAL / "scifact" / "corpus.jsonl"
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-def timed(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+
+def timed(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> tuple[R, float]:
     started = time.perf_counter()
     result = fn(*args, **kwargs)
     return result, time.perf_counter() - started
@@ -148,11 +156,14 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def large_writes(service: Any, new_document: Any, texts: list[str], size: int) -> None:
+def large_writes(
+    service: QAService, new_document: type[NewDocument], texts: list[str], size: int
+) -> None:
     """A document of `size` characters added in a thread; small writes (one abstract each)
     follow one after the other until it is done. Each small write's time is its wait for the
     large one plus its own work."""
-    large, used = [], 0
+    large: list[str] = []
+    used = 0
     while sum(map(len, large)) < size:
         large.append(texts[used])
         used += 1
