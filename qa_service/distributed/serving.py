@@ -75,7 +75,7 @@ RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 4.0, 8.0)
 HELD_GENERATIONS = 2
 # What a shard replica answers: `query.sharded.Shard`'s calls.
 SHARD_CALLS = frozenset({
-    "stats", "highest_weight", "term_maxima", "find", "score", "vectors", "sentences", "documents",
+    "stats", "highest_weight", "term_maxima", "find", "vectors", "sentences", "documents",
     "heads", "passage_counts", "word_counts", "acronyms",
 })  # fmt: skip
 

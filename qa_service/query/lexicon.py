@@ -19,8 +19,7 @@ import hashlib
 import io
 import logging
 import re
-import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,29 +49,6 @@ logger = logging.getLogger(__name__)
 def words_of(text: str) -> list[str]:
     """The words of `text` that are looked up: lower-cased, three letters or more."""
     return _WORD.findall(text.lower())
-
-
-class WordCache:
-    """Vectors of question words already encoded, most recently used kept: the same words come
-    back in question after question, and each costs a model input (thread-safe)."""
-
-    def __init__(self, size: int = 20_000) -> None:
-        self._vectors: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    def get(self, words: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
-        with self._lock:
-            found = {w: self._vectors[w] for w in words if w in self._vectors}
-            for word in found:
-                self._vectors.move_to_end(word)
-        return found
-
-    def put(self, words: Sequence[str], vectors: Vectors) -> None:
-        with self._lock:
-            self._vectors.update(zip(words, vectors, strict=True))
-            while len(self._vectors) > self._size:
-                self._vectors.popitem(last=False)
 
 
 @dataclass(frozen=True)

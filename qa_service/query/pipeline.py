@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from embeddings import Vectors
 from embeddings.base import normalised
@@ -24,8 +25,9 @@ from qa_service.corpus.acronyms import Acronyms
 from qa_service.index.store import IndexData
 from qa_service.models import Mode, profile_for
 from qa_service.query.answering import Answer, AnswerBuilder, BaseAnswerBuilder
-from qa_service.query.lexicon import Lexicon, WordCache, word_counts, words_of
+from qa_service.query.lexicon import Lexicon, word_counts, words_of
 from qa_service.query.reading import PassageReader, ReadHits
+from qa_service.query.recent import Recent
 from qa_service.query.retrieval import (
     DENSE_WEIGHT,
     LEXICAL_SUPPORT_COVERAGE,
@@ -48,6 +50,8 @@ Encode = Callable[[Sequence[str]], Vectors]
 # MiniLM 0.635 → 0.704 where the earlier question came from another paragraph, 0.797 → 0.778
 # where it came from the same one; e5 0.645 → 0.715 and 0.785 → 0.788.
 FOLLOW_UP_WEIGHT = 1.0
+# Question words whose vectors are kept (the lexicon translates them, query/lexicon.py).
+WORDS_KEPT = 20_000
 
 
 def follow_up_vectors(searched: Vectors, asked: Vectors) -> Vectors:
@@ -102,7 +106,9 @@ class QueryPipeline:
         self.acronyms = acronyms
         self.lexicon: Lexicon | None = None
         # Question words' vectors outlive a snapshot: they depend on the model only.
-        self.words: WordCache = previous.words if previous is not None else WordCache()
+        self.words: Recent[str, npt.NDArray[np.float32]] = (
+            previous.words if previous is not None else Recent(WORDS_KEPT)
+        )
         if profile_for(model).lexicon:
             started = time.perf_counter()
             if previous is not None:
@@ -170,7 +176,7 @@ class QueryPipeline:
         by_text = dict(zip(texts, encoded[: len(texts)], strict=True))
         translations = {}
         if self.lexicon is not None and translated:
-            self.words.put(new, encoded[-1])
+            self.words.put(zip(new, encoded[-1], strict=True))
             known.update(zip(new, encoded[-1], strict=True))
             translations = {
                 q: self.lexicon.translate(q, _stack([known[w] for w in ws], encoded[-1]))

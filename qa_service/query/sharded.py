@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +53,7 @@ from qa_service.query.answering import (
     sentence_around,
 )
 from qa_service.query.lexicon import word_counts
+from qa_service.query.recent import Recent
 from qa_service.query.retrieval import (
     DENSE_WEIGHT,
     DIVERSITY_POOL,
@@ -76,26 +76,34 @@ from qa_service.query.retrieval import (
 T = TypeVar("T")
 V = TypeVar("V")
 Key = tuple[int, int]  # (shard, passage position in it)
-# Plans whose BM25 a shard keeps between `find` and `score`: more than a batch of questions holds.
-RECENT_PLANS = 256
+# Terms whose BM25 bound on every shard the coordinator keeps, and documents whose titles and
+# sources: both hold until a write (a write makes a new coordinator), and most questions then
+# need no call to the shards for them.
+TERMS_KEPT = 100_000
+HEADS_KEPT = 100_000
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Passages of a shard (`positions` in it) with their dense scores and BM25, each None
+    when the mode leaves it out."""
+
+    positions: list[int]
+    passages: list[Passage]
+    dense: npt.NDArray[np.float64] | None
+    lexical: npt.NDArray[np.float64] | None
 
 
 @dataclass(frozen=True)
 class Found:
     """A shard's candidates for one query: for each of its vectors the best (cosine, position)
-    pairs, best first; and the best (BM25, tie order, position) triples, best first."""
+    pairs, best first; the best (BM25, tie order, position) triples, best first; and all of
+    them scored, so that the coordinator has the scores of those that make the global lists
+    without asking again."""
 
     dense: list[list[tuple[float, int]]]
     lexical: list[tuple[float, tuple[str, int], int]]
-
-
-@dataclass(frozen=True)
-class Scored:
-    """What a shard says of the candidates asked for, in the order asked."""
-
-    passages: list[Passage]
-    dense: npt.NDArray[np.float64] | None
-    lexical: npt.NDArray[np.float64] | None
+    scored: Scored
 
 
 class ShardSearcher:
@@ -114,12 +122,6 @@ class ShardSearcher:
         self.terms = terms
         self._retriever = Retriever(index, dense_weight)
         self._answers = AnswerBuilder(index)
-        # BM25 of every passage for the plans `find` scored, which `score` then reads: recent
-        # ones only (a batch's), by plan and statistics.
-        self._recent: dict[
-            tuple[QueryPlan, int], tuple[TermStatistics, npt.NDArray[np.float32]]
-        ] = {}
-        self._recent_lock = threading.Lock()
 
     @property
     def passages(self) -> int:
@@ -149,12 +151,17 @@ class ShardSearcher:
     ) -> list[Found]:
         """Per query (its vectors the rows `bounds[q]:bounds[q + 1]` of `vectors`, None in
         lexical mode; its BM25 plan, None in dense mode) this shard's top `depth` by cosine and
-        by BM25."""
+        by BM25, all of them scored (`Retriever.dense_scores`: its own cosine, its reading in
+        context, its best sentence; and BM25)."""
         allowed = self._retriever.allowed_ids(filters)
         if allowed is not None and not len(allowed):
-            return [Found([[] for _ in range(b - a)], []) for a, b in itertools.pairwise(bounds)]
+            return [
+                Found([[] for _ in range(b - a)], [], self._score([], vectors, a, b, plan, None))
+                for (a, b), plan in zip(itertools.pairwise(bounds), plans, strict=True)
+            ]
         if vectors is not None:
             cosines, ids = self.index.vectors.search(vectors, min(depth, self.passages), allowed)
+        passages = self.index.passages
         found = []
         for (a, b), plan in zip(itertools.pairwise(bounds), plans, strict=True):
             dense = [
@@ -163,29 +170,36 @@ class ShardSearcher:
                 if vectors is not None
             ]
             lexical = []
+            scores = None
             if plan is not None:
                 scores = self._lexical(plan, stats, allowed)
-                passages = self.index.passages
                 lexical = [(float(scores[i]), tie_order(passages[i]), i)
                            for i in best_positions(scores, depth, passages)]  # fmt: skip
-            found.append(Found(dense, lexical))
+            positions = list(dict.fromkeys([*(i for v in dense for _, i in v),
+                                            *(i for _, _, i in lexical)]))  # fmt: skip
+            scored = self._score(positions, vectors, a, b, plan, scores)
+            found.append(Found(dense, lexical, scored))
         return found
 
-    def score(
+    def _score(
         self,
-        ids: Sequence[int],
+        positions: list[int],
         vectors: Vectors | None,
+        a: int,
+        b: int,
         plan: QueryPlan | None,
-        stats: TermStatistics,
+        bm25: npt.NDArray[np.float32] | None,
     ) -> Scored:
-        """The passages at `ids`, their dense scores for the query's `vectors` and BM25 for its
-        `plan` (each None when its mode leaves it out)."""
-        rows = np.asarray(ids, dtype=np.int64)
-        dense = None if vectors is None else self._retriever.dense_scores(rows, vectors)
-        lexical = None
+        """The passages at `positions`, their dense scores for the query's vectors (the rows
+        `a:b` of `vectors`) and their BM25 for its `plan`, each None when the mode leaves it
+        out."""
+        rows = np.asarray(positions, dtype=np.int64)
+        dense = lexical = None
+        if vectors is not None:
+            dense = self._retriever.dense_scores(rows, vectors[a:b]) if positions else np.empty(0)
         if plan is not None:
-            lexical = self._bm25(plan, stats)[rows].astype(np.float64)
-        return Scored([self.index.passages[i] for i in ids], dense, lexical)
+            lexical = bm25[rows].astype(np.float64) if bm25 is not None else np.empty(0)
+        return Scored(positions, [self.index.passages[i] for i in positions], dense, lexical)
 
     def vectors(self, ids: Sequence[int]) -> Vectors:
         """The vectors of the passages at `ids`: diversity compares the hits with each other."""
@@ -218,25 +232,11 @@ class ShardSearcher:
     def acronyms(self) -> list[list[Definition]]:
         return list(self.index.acronyms.values())
 
-    def _bm25(self, plan: QueryPlan, stats: TermStatistics) -> npt.NDArray[np.float32]:
-        # Keyed by the statistics object's id, and holding the object, so that the id cannot
-        # pass to newer statistics while the entry lives (it did: stale scores after writes).
-        key = (plan, id(stats))
-        with self._recent_lock:
-            found = self._recent.get(key)
-        if found is not None and found[0] is stats:
-            return found[1]
-        scores = self.terms.scores(plan, stats)
-        with self._recent_lock:
-            while len(self._recent) >= RECENT_PLANS:
-                del self._recent[next(iter(self._recent))]
-            self._recent[key] = (stats, scores)
-        return scores
-
     def _lexical(
         self, plan: QueryPlan, stats: TermStatistics, allowed: npt.NDArray[np.int64] | None
     ) -> npt.NDArray[np.float32]:
-        scores = self._bm25(plan, stats)
+        """BM25 of every passage; -1 for those the filters leave out."""
+        scores = self.terms.scores(plan, stats)
         if allowed is None:
             return scores
         mask = np.zeros(len(scores), dtype=bool)
@@ -264,13 +264,6 @@ class Shard(Protocol):
         depth: int,
         filters: Filters | None,
     ) -> list[Found]: ...
-    def score(
-        self,
-        ids: Sequence[int],
-        vectors: Vectors | None,
-        plan: QueryPlan | None,
-        stats: TermStatistics,
-    ) -> Scored: ...
     def vectors(self, ids: Sequence[int]) -> Vectors: ...
     def sentences(
         self, passages: Sequence[Passage], vectors: Vectors, asked: Asked
@@ -307,8 +300,8 @@ class ShardedRetriever:
         self.stats = TermStatistics.combine(self.each(lambda s: s.stats()))
         self._unknown = unknown_weight(self.each(lambda s: s.highest_weight(self.stats)))
         self._analyzer = Analyzer()
-        self._plans: dict[str, QueryPlan] = {}
-        self._plans_lock = threading.Lock()
+        # Per term, its highest BM25 weight on each shard (None: not there).
+        self._maxima: Recent[str, tuple[float | None, ...]] = Recent(TERMS_KEPT)
         self.catalogue = ShardCatalogue(self)
 
     @property
@@ -329,20 +322,21 @@ class ShardedRetriever:
         return n, position - int(self._offsets[n])
 
     def plan(self, text: str) -> QueryPlan:
-        """What every shard needs to score `text` with BM25 (`LexicalIndex.query_ids`); the
-        recent ones are kept, as a question is planned for its coverage and then searched."""
-        with self._plans_lock:
-            found = self._plans.get(text)
-        if found is not None:
-            return found
+        """What every shard needs to score `text` with BM25 (`LexicalIndex.query_ids`); only
+        the terms not seen before are asked of the shards."""
         terms = list(dict.fromkeys(self._analyzer.terms(text)))
-        maxima = self.each(lambda s: s.term_maxima(terms, self.stats))
-        plan = plan_query(terms, maxima, self._unknown)
-        with self._plans_lock:
-            while len(self._plans) >= RECENT_PLANS:
-                del self._plans[next(iter(self._plans))]
-            self._plans[text] = plan
-        return plan
+        known = self._maxima.get(terms)
+        new = [t for t in terms if t not in known]
+        if new:
+            asked = self.each(lambda s: s.term_maxima(new, self.stats))
+            found = {t: tuple(shard.get(t) for shard in asked) for t in new}
+            self._maxima.put(found.items())
+            known.update(found)
+        maxima = [
+            {t: m for t in terms if (m := known[t][n]) is not None}
+            for n in range(len(self._shards))
+        ]
+        return plan_query(terms, maxima, self._unknown)
 
     def lexical_coverage(self, question: str) -> float:
         """`Retriever.lexical_coverage`, a term counting as indexed if any shard holds it."""
@@ -384,7 +378,8 @@ class ShardedRetriever:
             coverage = query.coverage if mode == "hybrid" else 1.0
             weight = query.translation.coverage if query.translation else coverage
             dense_support = coverage < LEXICAL_SUPPORT_COVERAGE
-            hits = self._rank(list(candidates), query, plan, mode, pool, weight, dense_support)
+            scored = [f[row].scored for f in found]
+            hits = self._rank(list(candidates), scored, mode, pool, weight, dense_support)
             results.append(self._diversify(hits, k, diversity) if diversity > 0 else hits)
         return results
 
@@ -408,35 +403,21 @@ class ShardedRetriever:
     def _rank(
         self,
         keys: list[Key],
-        query: SearchQuery,
-        plan: QueryPlan | None,
+        scored: Sequence[Scored],
         mode: Mode,
         k: int,
         coverage: float,
         dense_support: bool,
     ) -> list[Hit]:
+        """The candidates at `keys`, ranked from the scores their shards sent with them
+        (`scored`, one per shard)."""
         if not keys:
             return []
-        found: dict[int, Passage] = {}
-        dense = np.empty(len(keys)) if mode != "lexical" else None
-        lex = np.empty(len(keys)) if plan is not None else None
-        by_shard: dict[int, list[int]] = {}
-        for j, (n, _) in enumerate(keys):
-            by_shard.setdefault(n, []).append(j)
-        vectors = query.vectors if dense is not None else None
-
-        def score(n: int) -> Scored:
-            return self._shards[n].score([keys[j][1] for j in by_shard[n]], vectors, plan,
-                                         self.stats)  # fmt: skip
-
-        for slots, scored in zip(by_shard.values(), self.each_of(score, by_shard), strict=True):
-            for slot, passage in zip(slots, scored.passages, strict=True):
-                found[slot] = passage
-            if dense is not None and scored.dense is not None:
-                dense[slots] = scored.dense
-            if lex is not None and scored.lexical is not None:
-                lex[slots] = scored.lexical
-        passages = [found[j] for j in range(len(keys))]
+        where = [{i: j for j, i in enumerate(s.positions)} for s in scored]
+        at = [where[n][i] for n, i in keys]
+        passages = [scored[n].passages[j] for (n, _), j in zip(keys, at, strict=True)]
+        dense = None if mode == "lexical" else _gather([s.dense for s in scored], keys, at)
+        lex = None if mode == "dense" else _gather([s.lexical for s in scored], keys, at)
         weight = (1 - self.dense_weight) * coverage
         scores, support = fused_scores(dense, lex, self.profile.floor, weight, dense_support)
         hits = (
@@ -451,6 +432,16 @@ class ShardedRetriever:
             for j in best_first(scores, passages)
         )
         return merge_overlaps(hits, k, self.catalogue.documents, self.catalogue.units)
+
+
+def _gather(
+    columns: Sequence[npt.NDArray[np.float64] | None], keys: Sequence[Key], at: Sequence[int]
+) -> npt.NDArray[np.float64]:
+    """The values of `keys` (shard, position) from their shards' `columns`, `at` their rows."""
+    present = [c for c in columns if c is not None]
+    if len(present) != len(columns):
+        raise ValueError("a shard left out scores its mode needs")
+    return np.array([present[n][j] for (n, _), j in zip(keys, at, strict=True)], dtype=np.float64)
 
 
 class ShardedAnswers(BaseAnswerBuilder):
@@ -495,6 +486,7 @@ class ShardCatalogue:
         self._retriever = retriever
         self._counts = {doc: c for shard in counts for doc, c in shard.items()}
         self.owners = {doc: n for n, shard in enumerate(counts) for doc in shard}
+        self._heads: Recent[str, DocumentHead] = Recent(HEADS_KEPT)
         self.documents: Mapping[str, Document] = _Fetched(self, lambda found: found[0])
         self.units: Mapping[str, Sequence[Span]] = _Fetched(self, lambda found: found[1])
         self.passages = range(retriever.passages)
@@ -508,8 +500,15 @@ class ShardCatalogue:
         return self._ask(ids, lambda shard, mine: shard.documents(mine))
 
     def heads(self, ids: Iterable[str]) -> dict[str, DocumentHead]:
-        """`fetch`, of what citations name: a fraction of the whole texts."""
-        return self._ask(ids, lambda shard, mine: shard.heads(mine))
+        """`fetch`, of what citations name: a fraction of the whole texts, kept once fetched."""
+        wanted = list(dict.fromkeys(ids))
+        known = self._heads.get(wanted)
+        new = [i for i in wanted if i not in known]
+        if new:
+            found = self._ask(new, lambda shard, mine: shard.heads(mine))
+            self._heads.put(found.items())
+            known.update(found)
+        return {i: known[i] for i in wanted if i in known}
 
     def _ask(self, ids: Iterable[str], call: Callable[[Shard, list[str]], list[V]]) -> dict[str, V]:
         by_shard: dict[int, list[str]] = {}

@@ -14,7 +14,6 @@ from qa_service.query.lexicon import (
     MIN_COSINE,
     TRANSLATED_WEIGHT,
     Lexicon,
-    WordCache,
     cache_path,
     read_cached,
     save_cached,
@@ -100,16 +99,6 @@ def test_question_words_are_encoded_once_across_questions(e5_service: QAService)
     assert words <= set(calls[0])
     assert not words & set(calls[1])  # the question alone, its words from the cache
     assert [p.hit.passage.id for p in first.passages] == [p.hit.passage.id for p in again.passages]
-
-
-def test_the_word_cache_keeps_the_most_recently_used() -> None:
-    cache = WordCache(size=2)
-    vectors = np.eye(3, dtype=np.float32)
-    cache.put(["djeca", "sud", "mreža"], vectors)
-    assert set(cache.get(["djeca", "sud", "mreža"])) == {"sud", "mreža"}
-    cache.get(["sud"])
-    cache.put(["škola"], vectors[:1])
-    assert set(cache.get(["sud", "mreža", "škola"])) == {"sud", "škola"}
 
 
 class _Counting:

@@ -3,6 +3,7 @@ and order, in every mode, with filters, on the default corpus and the real model
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -120,3 +121,45 @@ def test_shards_that_do_not_belong_together_are_refused(service: QAService) -> N
     sharded = ShardedRetriever([ShardSearcher(s, t) for s, t in zip(shards, terms, strict=True)])
     with pytest.raises(ValueError, match="diversity must lie in"):
         sharded.retrieve([], 5, diversity=1.3)
+
+
+class _Counting:
+    """A shard's searcher, counting the calls made to it."""
+
+    def __init__(self, inner: ShardSearcher, calls: Counter[str]) -> None:
+        self._inner = inner
+        self._calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._inner, name)
+        if not callable(found):
+            return found
+
+        def call(*args: Any) -> Any:
+            self._calls[name] += 1
+            return found(*args)
+
+        return call
+
+
+def test_term_bounds_and_titles_are_asked_of_the_shards_once(service: QAService) -> None:
+    """Both hold until a write, which makes a new coordinator: a question whose terms were seen
+    before needs no call for its BM25 plan, a citation seen before none for its title."""
+    data = service.index
+    ids = sorted(data.documents)
+    shards, terms = split(data, [ids[:3], ids[3:]])
+    calls: Counter[str] = Counter()
+    sharded = ShardedRetriever(
+        [_Counting(ShardSearcher(s, t), calls) for s, t in zip(shards, terms, strict=True)]
+    )
+    question = "How many children were identified as victims of trafficking?"
+    plan = sharded.plan(question)
+    assert calls["term_maxima"] == 2 and plan.terms
+    assert sharded.plan(question.upper()) == plan and calls["term_maxima"] == 2
+    longer = sharded.plan(f"{question} In Skopje?")
+    assert calls["term_maxima"] == 4 and len(longer.terms) == len(plan.terms) + 1
+    fresh = ShardedRetriever([ShardSearcher(s, t) for s, t in zip(shards, terms, strict=True)])
+    assert fresh.plan(f"{question} In Skopje?") == longer  # the same plan, bound to the bit
+    heads = sharded.catalogue.heads([ids[0], ids[4], "no-such-document"])
+    assert heads == data.heads([ids[0], ids[4]]) and calls["heads"] == 2
+    assert sharded.catalogue.heads([ids[4], ids[0]]) == heads and calls["heads"] == 2
