@@ -5,8 +5,8 @@
 
 - a shard (`ShardSearcher`) finds its top `depth` passages by cosine for each of a query's
   vectors and its top `depth` by BM25 under the global statistics (`index/shard_lexical.py`),
-  then scores the candidates the coordinator chose: each one's dense score
-  (`Retriever.dense_scores`: its own cosine, its reading in context, its best sentence) and BM25;
+  and scores them all: each one's dense score (`Retriever.dense_scores`: its own cosine, its
+  reading in context, its best sentence) and BM25, sent with them in the same call;
 - the coordinator (`ShardedRetriever`) sums the statistics, plans each question's BM25, takes
   `depth` from the total passage count, merges the shards' lists into the global top `depth` of
   each, and does the fusion (`retrieval.fused_scores`), the ordering and the merging of
