@@ -156,7 +156,7 @@ class ShardSearcher:
         allowed = self._retriever.allowed_ids(filters)
         if allowed is not None and not len(allowed):
             return [
-                Found([[] for _ in range(b - a)], [], self._score([], vectors, a, b, plan, None))
+                Found([[] for _ in range(b - a)], [], self._score([], vectors, plan, None))
                 for (a, b), plan in zip(itertools.pairwise(bounds), plans, strict=True)
             ]
         if vectors is not None:
@@ -177,7 +177,8 @@ class ShardSearcher:
                            for i in best_positions(scores, depth, passages)]  # fmt: skip
             positions = list(dict.fromkeys([*(i for v in dense for _, i in v),
                                             *(i for _, _, i in lexical)]))  # fmt: skip
-            scored = self._score(positions, vectors, a, b, plan, scores)
+            asked = None if vectors is None else vectors[a:b]
+            scored = self._score(positions, asked, plan, scores)
             found.append(Found(dense, lexical, scored))
         return found
 
@@ -185,18 +186,15 @@ class ShardSearcher:
         self,
         positions: list[int],
         vectors: Vectors | None,
-        a: int,
-        b: int,
         plan: QueryPlan | None,
         bm25: npt.NDArray[np.float32] | None,
     ) -> Scored:
-        """The passages at `positions`, their dense scores for the query's vectors (the rows
-        `a:b` of `vectors`) and their BM25 for its `plan`, each None when the mode leaves it
-        out."""
+        """The passages at `positions`, their dense scores for the query's `vectors` and their
+        BM25 (of every passage, for its `plan`), each None when the mode leaves it out."""
         rows = np.asarray(positions, dtype=np.int64)
         dense = lexical = None
         if vectors is not None:
-            dense = self._retriever.dense_scores(rows, vectors[a:b]) if positions else np.empty(0)
+            dense = self._retriever.dense_scores(rows, vectors) if positions else np.empty(0)
         if plan is not None:
             lexical = bm25[rows].astype(np.float64) if bm25 is not None else np.empty(0)
         return Scored(positions, [self.index.passages[i] for i in positions], dense, lexical)
@@ -321,6 +319,13 @@ class ShardedRetriever:
         n = int(np.searchsorted(self._offsets, position, side="right")) - 1
         return n, position - int(self._offsets[n])
 
+    def owners(self, hits: Sequence[Hit]) -> dict[int, list[int]]:
+        """Which of `hits` each shard holds: shard -> their indices in `hits`, in order."""
+        slots: dict[int, list[int]] = {}
+        for slot, hit in enumerate(hits):
+            slots.setdefault(self.owner(hit.row)[0], []).append(slot)
+        return slots
+
     def plan(self, text: str) -> QueryPlan:
         """What every shard needs to score `text` with BM25 (`LexicalIndex.query_ids`); only
         the terms not seen before are asked of the shards."""
@@ -388,9 +393,7 @@ class ShardedRetriever:
         shards."""
         if len(hits) <= 1:
             return hits[:k]
-        slots: dict[int, list[int]] = {}  # shard -> the hits it holds
-        for slot, hit in enumerate(hits):
-            slots.setdefault(self.owner(hit.row)[0], []).append(slot)
+        slots = self.owners(hits)
         vectors = np.empty((len(hits), self.dimension), dtype=np.float32)
 
         def fetch(n: int) -> Vectors:
@@ -453,9 +456,7 @@ class ShardedAnswers(BaseAnswerBuilder):
     def highlights(
         self, hits: Sequence[Hit], question_vectors: Vectors, asked: Asked
     ) -> list[Sentence | None]:
-        slots: dict[int, list[int]] = {}  # shard -> the hits it holds
-        for slot, hit in enumerate(hits):
-            slots.setdefault(self._retriever.owner(hit.row)[0], []).append(slot)
+        slots = self._retriever.owners(hits)
         shards = self._retriever.shards
 
         def ask(n: int) -> list[Sentence | None]:
