@@ -4,6 +4,7 @@ token ids, the same vectors (cosine), the same interface, and an export that is 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 from pathlib import Path
@@ -203,7 +204,9 @@ def test_int8_quantises_the_float32_export(onnx_e5: E5OnnxEncoder) -> None:
     assert cosines.min() >= 0.99 and cosines.mean() < 0.999
 
 
-def test_bf16_passages_are_the_float32_graphs(onnx_e5: E5OnnxEncoder) -> None:
+def test_bf16_passages_are_the_float32_graphs(
+    onnx_e5: E5OnnxEncoder, caplog: pytest.LogCaptureFixture
+) -> None:
     """Where the CPU multiplies bfloat16 natively, batches of passages go through torch in
     bfloat16 (embeddings/e5_torch.py), about three times as fast: the same vectors, so the same
     recorded model. Questions stay on onnxruntime."""
@@ -214,7 +217,9 @@ def test_bf16_passages_are_the_float32_graphs(onnx_e5: E5OnnxEncoder) -> None:
     read = passages(16)
     texts = [*read, " ".join(read[:7]), ""]  # the long one in two windows
     spans = [[(0, 30), (31, len(t))] for t in read] + [[(0, 200), (300, 2000)], []]
-    (a, a_spans), (b, b_spans) = (e.encode_in_context(texts, spans) for e in (fp32, bf16))
+    with caplog.at_level(logging.INFO, logger="embeddings.e5_onnx"):
+        (a, a_spans), (b, b_spans) = (e.encode_in_context(texts, spans) for e in (fp32, bf16))
+    assert caplog.text.count("passages encoded in bfloat16") == 1  # the operator is told, once
     assert not np.array_equal(a, b)  # computed elsewhere
     # Measured: passages min 0.999989, sentences min 0.999988.
     assert np.sum(a * b, axis=1).min() >= 0.9999
