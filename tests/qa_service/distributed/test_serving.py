@@ -79,6 +79,11 @@ def extra_node(ray_cluster: str) -> Iterator[Node]:
         assert time.monotonic() < deadline, "the third Ray node did not join in time"
         time.sleep(0.2)
     [node_id] = _alive_nodes(ray) - before
+    # Alive comes before the node's free CPUs reach the scheduler; until then Serve spreads
+    # the replicas over the other two alone.
+    while _free_cpus(node_id) < 2:
+        assert time.monotonic() < deadline, "the third Ray node's CPUs were not seen in time"
+        time.sleep(0.2)
     yield Node(process, node_id)
     if process.poll() is None:
         process.terminate()
@@ -87,6 +92,13 @@ def extra_node(ray_cluster: str) -> Iterator[Node]:
 
 def _alive_nodes(ray: Any) -> set[str]:
     return {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+
+
+def _free_cpus(node_id: str) -> float:
+    from ray._private import state
+
+    free = state.available_resources_per_node()  # type: ignore[no-untyped-call]  # Ray is untyped
+    return float(free.get(node_id, {}).get("CPU", 0.0))
 
 
 @pytest.fixture(scope="module")
@@ -290,8 +302,7 @@ def test_a_lost_node_loses_no_write_and_the_service_recovers(
     body = {"title": "Velmora harbour", "text": NEW_TEXT}
     assert httpx.put(f"{url}/v1/documents/velmora", json=body, headers=auth,
                      timeout=120).status_code == 201  # fmt: skip
-    lost = _replicas_on(extra_node.node_id)
-    assert lost, "Serve placed no replica on the third node"
+    _hold_some_replicas(extra_node.node_id)
 
     questions = _questions(dev_questions)[:6]
     outcomes: list[tuple[float, str, dict[str, Any] | None]] = []
@@ -350,13 +361,40 @@ def _afresh(settings: Settings, encoder: Encoder) -> ShardedService:
     return ShardedService(shards, encoder.encode_queries, None, settings.top_k)
 
 
+def _hold_some_replicas(node_id: str) -> None:
+    """Serve spreads replicas over the nodes, but nothing promises the third node keeps one
+    after the tests above killed some: replicas elsewhere are replaced, one at a time, until
+    the spread puts one there."""
+    ray = connect(None)
+    for attempt in range(8):
+        if _replicas_on(node_id):
+            return
+        deployment = ("QuestionEncoder", "shard-000")[attempt % 2]
+        before = _running(deployment)
+        ray.kill(ray.get_actor(min(before), namespace="serve"), no_restart=True)  # elsewhere
+        deadline = time.monotonic() + READY_SECONDS
+        while not _running(deployment) - before or len(_running(deployment)) < REPLICAS:
+            assert time.monotonic() < deadline, "Serve did not replace a killed replica"
+            time.sleep(1)
+    assert _replicas_on(node_id), "Serve placed no replica on the third node"
+
+
 def _replicas_on(node_id: str) -> list[str]:
+    return [name for name, node in _placed() if node == node_id]
+
+
+def _running(deployment: str) -> set[str]:
+    prefix = f"SERVE_REPLICA::{serving.APP_NAME}#{deployment}#"
+    return {name for name, _ in _placed() if name.startswith(prefix)}
+
+
+def _placed() -> list[tuple[str, str]]:
+    """The app's running replicas, each with the node it runs on."""
     from ray._private import state
 
     return [
-        a["Name"] for a in state.actors().values()
-        if a["State"] == "ALIVE" and a["Address"]["NodeID"] == node_id
-        and a["Name"].startswith(f"SERVE_REPLICA::{serving.APP_NAME}#")
+        (a["Name"], a["Address"]["NodeID"]) for a in state.actors().values()
+        if a["State"] == "ALIVE" and a["Name"].startswith(f"SERVE_REPLICA::{serving.APP_NAME}#")
     ]  # fmt: skip
 
 
