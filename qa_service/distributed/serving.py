@@ -400,15 +400,17 @@ class ClusterService(ShardedService):
     @contextmanager
     def _reloading(self) -> Iterator[list[RemoteShard]]:
         """The shards to change; what changed, even if a later shard failed, is then served
-        (a new snapshot: questions under way keep theirs)."""
+        (a new snapshot: questions under way keep theirs). `_remote` follows the snapshot, not
+        before it: a question that finds its shards current is answered from them, and one
+        asked meanwhile sees them changed and waits for the reload."""
         shards = list(self._remote)
         try:
             yield shards
         finally:
             if shards != self._remote:
-                self._remote = shards
                 self.shards = list(shards)
                 self.reload()
+                self._remote = shards
 
     def _by_shard(self, items: Sequence[T], key: Callable[[T], str]) -> dict[int, list[T]]:
         groups: dict[int, list[T]] = {}

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -27,8 +28,10 @@ from qa_service.distributed import serving
 from qa_service.distributed.cluster import connect
 from qa_service.distributed.indexing import build_shards
 from qa_service.distributed.service import ShardedService
+from qa_service.distributed.serving import ClusterService, Published, RemoteShard, ShardReplica
 from qa_service.index.shards import ShardLayout, shard_of
 from qa_service.index.store import current_generation_name, load_index
+from qa_service.index.writes import NewDocument
 from qa_service.query.pipeline import AskOptions
 from qa_service.query.sharded import ShardSearcher
 from tests.qa_service.conftest import free_port
@@ -284,6 +287,72 @@ def test_writes_go_to_the_owning_shard_and_survive_its_replicas(
     assert all(p["document_id"] != "velmora" for p in answer["passages"])
     missing = httpx.delete(f"{url}/v1/documents/no-such-document", headers=auth, timeout=60)
     assert missing.status_code == 404
+
+
+class _InProcess:
+    """What `RemoteShard` asks of a deployment handle (`.method.remote(...).result()`), on a
+    replica in this process: two ingress services over the same real shard replicas, with no
+    scheduling in between."""
+
+    def __init__(self, replica: ShardReplica) -> None:
+        self._replica = replica
+
+    def __getattr__(self, method: str) -> Any:
+        call = getattr(self._replica, method)
+        return SimpleNamespace(remote=lambda *a: SimpleNamespace(result=lambda: call(*a)))
+
+
+def test_a_question_asked_while_a_write_is_taken_up_waits_for_it(
+    ray_cluster: str,
+    sharded_settings: Settings,
+    encoder: Encoder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another ingress replica acknowledged a write; this one takes it up at its next question.
+    A question asked while that reload is under way waits for it, rather than being answered
+    from the shards as they were before the acknowledged write."""
+    connect(ray_cluster)  # the statistics go through the object store
+    settings = sharded_settings.model_copy(
+        update={"corpus_dir": tmp_path / "corpus", "index_dir": tmp_path / "idx"}
+    )
+    shutil.copytree(sharded_settings.corpus_dir, settings.corpus_dir)
+    shutil.copytree(sharded_settings.index_dir, settings.index_dir, symlinks=True)
+    layout, model, backend = serving.check_servable(settings)
+    folders = layout.folders(settings.index_dir)
+    replicas = [ShardReplica(str(folder), settings, model, backend) for folder in folders]
+
+    def ingress() -> ClusterService:
+        published = Published()
+        pairs = zip(replicas, folders, strict=True)
+        shards = [RemoteShard(_InProcess(replica), f, published) for replica, f in pairs]
+        return ClusterService(shards, encoder.encode_queries, settings)
+
+    writer, reader = ingress(), ingress()
+    before = response(reader.ask(NEW_QUESTION))
+    assert all(p["document_id"] != "velmora" for p in before["passages"])
+    writer.add_documents([("velmora", NewDocument(NEW_TEXT.encode(), ".txt"))])
+
+    reloading, release = threading.Event(), threading.Event()
+    reload = reader.reload
+
+    def held() -> None:
+        reloading.set()
+        release.wait(READY_SECONDS)
+        reload()
+
+    monkeypatch.setattr(reader, "reload", held)
+    refresh = threading.Thread(target=reader.refresh)  # a first question taking the write up
+    refresh.start()
+    assert reloading.wait(READY_SECONDS)
+    answers: list[dict[str, Any]] = []
+    asked = threading.Thread(target=lambda: answers.append(response(reader.ask(NEW_QUESTION))))
+    asked.start()
+    asked.join(timeout=2)  # time enough to answer, had it not waited
+    release.set()
+    refresh.join()
+    asked.join()
+    assert answers[0]["passages"][0]["document_id"] == "velmora"
 
 
 def test_a_lost_node_loses_no_write_and_the_service_recovers(
