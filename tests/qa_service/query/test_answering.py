@@ -268,9 +268,11 @@ def test_only_the_first_passages_are_highlighted(
     assert all(r.highlight is None for r in answer.passages[HIGHLIGHTED_PASSAGES:])
 
 
-def test_content_terms_drop_stop_words() -> None:
-    # Lower-cased words without English stop words; figures stay.
+def test_content_terms_drop_stop_words_and_meet_other_forms_of_a_word() -> None:
+    # Lower-cased, stemmed words without English stop words; figures stay.
     assert content_terms("What is the Capital of France, and who runs it in 2024?") == {
-        "capital", "france", "runs", "2024",
+        "capit", "franc", "run", "2024",
     }  # fmt: skip
     assert content_terms("Who is it?") == set()
+    asked = content_terms("Which girls were trafficked?")
+    assert asked == content_terms("the trafficking of a girl") == {"girl", "traffick"}
