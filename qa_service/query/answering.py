@@ -54,8 +54,11 @@ class Asked:
     kind: AnswerKind | None = None
 
     @classmethod
-    def of(cls, question: str) -> Asked:
-        return cls(frozenset(content_terms(question)), expected_kind(question))
+    def of(cls, question: str, translation: str | None = None) -> Asked:
+        """`translation`: the corpus words a question in another language was searched by
+        (query/lexicon.py), so that its sentences are matched on words they can hold."""
+        terms = content_terms(question) | content_terms(translation or "")
+        return cls(frozenset(terms), expected_kind(question))
 
     def score(self, text: str) -> float:
         """The sentence's score beyond its cosine with the question."""
@@ -141,14 +144,16 @@ class BaseAnswerBuilder(ABC):
         threshold: float,
         readings: list[Reading | None] | None = None,
         reader_threshold: float = 0.0,
+        translation: str | None = None,
     ) -> Answer:
         """With `readings` (one per hit, the read ones first and best first), the first hit's
-        reading decides with retrieval's score whether to answer, and its span is the answer."""
+        reading decides with retrieval's score whether to answer, and its span is the answer.
+        `translation`: see `Asked.of`."""
         answerable = bool(hits) and hits[0].support >= threshold
         first = readings[0] if readings else None
         if first is not None:
             answerable = answerable and first.probability >= reader_threshold
-        asked = Asked.of(question)
+        asked = Asked.of(question, translation)
         shown = hits[:HIGHLIGHTED_PASSAGES]
         best = self.highlights(shown[1:] if first is not None else shown, question_vectors, asked)
         if first is not None:

@@ -276,3 +276,29 @@ def test_content_terms_drop_stop_words_and_meet_other_forms_of_a_word() -> None:
     assert content_terms("Who is it?") == set()
     asked = content_terms("Which girls were trafficked?")
     assert asked == content_terms("the trafficking of a girl") == {"girl", "traffick"}
+
+
+def test_a_translated_question_is_matched_on_its_translation_too(
+    encoder: Encoder, builder: AnswerBuilder, index: IndexData
+) -> None:
+    # Albanian, "What do the skaters do on the ice?": MiniLM reads little of it, and none of its
+    # words is in the English sentences; the corpus words it was searched by are.
+    question = "Çfarë bëjnë patinatorët mbi akull?"
+    vectors = encoder.encode_queries([question])
+    hits = [hit(index, "lake#0")]
+    chosen = {
+        translation: builder.build(question, vectors, hits, 0.3, translation=translation)
+        for translation in (None, "skaters gather")
+    }
+    text = hits[0].passage.text
+    highlights = {t: a.passages[0].highlight for t, a in chosen.items()}
+    assert all(h is not None for h in highlights.values())
+    spans = {t: text[h.start : h.end] for t, h in highlights.items() if h is not None}
+    assert spans == {
+        None: "The lake freezes in January.",
+        "skaters gather": "Skaters gather on the ice.",
+    }
+    assert Asked.of(question, "skaters gather").terms == Asked.of(question).terms | {
+        "skater",
+        "gather",
+    }
