@@ -206,15 +206,15 @@ class QueryPipeline:
         answers = []
         for n, (question, found) in enumerate(zip(questions, hits, strict=True)):
             vectors = by_text[question]
-            # A standalone question's translation also picks its answer sentence; a follow-up's
-            # would bring the earlier questions' words.
-            translation = translations.get(searched[n]) if queries[n] == question else None
             if n in read and reader is not None:
                 r = read[n]
                 answers.append(self.answers.build(
                     question, vectors, r.hits, threshold, r.readings, reader.threshold
                 ))  # fmt: skip
             else:
+                # A standalone question's translation also picks its answer sentence; a
+                # follow-up's would bring the earlier questions' words.
+                translation = translations.get(searched[n]) if queries[n] == question else None
                 answers.append(self.answers.build(
                     question, vectors, found, threshold,
                     translation=translation.query if translation else None,
